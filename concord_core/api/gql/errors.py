@@ -1,0 +1,63 @@
+"""GraphQL error shapes: payload `errors {field code message}`, top-level `extensions {code requestId}`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import strawberry
+from strawberry.extensions import SchemaExtension
+
+from concord_core.observability.context import current
+from concord_core.operators.errors import ErrorCode, FieldError, OperatorError
+from graphql import GraphQLError
+
+log = logging.getLogger("concord.graphql")
+
+strawberry.enum(ErrorCode, description="What kind of problem an error is.")
+
+
+@strawberry.type(name="FieldError", description="One problem with a mutation's input or its effect.")
+class FieldErrorType:
+    field: str | None = strawberry.field(description="The input field (dotted path), when one is to blame.")
+    code: ErrorCode
+    message: str
+
+    @classmethod
+    def from_error(cls, error: FieldError) -> FieldErrorType:
+        return cls(field=error.field, code=error.code, message=error.message)
+
+
+def payload_errors(exc: OperatorError) -> list[FieldErrorType]:
+    return [FieldErrorType.from_error(error) for error in exc.errors]
+
+
+class ErrorShaping(SchemaExtension):
+    """Give every top-level error a code and the request id; hide internal details of unexpected ones."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if not errors or result is None:
+            return
+        request_id = current().request_id
+        shaped = []
+        for error in errors:
+            original = error.original_error
+            if isinstance(original, OperatorError):
+                code, message = original.code.value, str(original.errors[0].message)
+            elif original is None:
+                code, message = "GRAPHQL_VALIDATION", error.message
+            elif isinstance(original, GraphQLError):
+                code, message = str((original.extensions or {}).get("code", "BAD_REQUEST")), error.message
+            else:
+                log.error("unexpected error in resolver", exc_info=original)
+                code, message = ErrorCode.INTERNAL.value, "internal error"
+            extensions = {**(error.extensions or {}), "code": code, "requestId": request_id}
+            shaped.append(
+                GraphQLError(
+                    message, error.nodes, error.source, error.positions, error.path, extensions=extensions
+                )
+            )
+        result.errors = shaped

@@ -1,0 +1,37 @@
+"""Opaque global IDs (Relay): base64 of ``Type:key``. Clients never build or parse them."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from concord_core.operators.errors import OperatorError, not_found
+
+
+def to_global_id(type_name: str, key: str) -> str:
+    return base64.urlsafe_b64encode(f"{type_name}:{key}".encode()).decode().rstrip("=")
+
+
+def from_global_id(global_id: str) -> tuple[str, str]:
+    """Split a global ID into (type name, key); raises NOT_FOUND for anything malformed."""
+    if len(global_id) > 400:
+        raise not_found("node")
+    try:
+        raw = base64.urlsafe_b64decode(global_id + "=" * (-len(global_id) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise not_found("node") from None
+    type_name, sep, key = raw.partition(":")
+    if not sep or not type_name or not key:
+        raise not_found("node")
+    return type_name, key
+
+
+def expect_global_id(global_id: str, type_name: str, noun: str, field: str | None = None) -> str:
+    """The key of a global ID that must name a ``type_name``; anything else is that thing not found."""
+    try:
+        found_type, key = from_global_id(global_id)
+    except OperatorError:
+        raise not_found(noun, field) from None
+    if found_type != type_name:
+        raise not_found(noun, field)
+    return key

@@ -1,0 +1,135 @@
+"""REST routes: health, readiness, metrics and artifact content download."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import text
+
+from concord_core.api.runtime import Runtime
+from concord_core.auth.principal import Principal
+from concord_core.observability.context import set_user_id
+from concord_core.observability.metrics import metrics_response
+from concord_core.operators import artifacts as artifact_ops
+from concord_core.operators.errors import ErrorCode, OperatorError
+from concord_core.storage import StorageError
+
+router = APIRouter()
+
+STATUS_FOR_CODE = {
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.VALIDATION: 422,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+async def principal(request: Request) -> Principal:
+    """Who is asking, from the request's credentials; remembered for the rest of the request."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is None:
+        known = await anyio.to_thread.run_sync(runtime(request).authenticate, request.headers)
+        request.state.principal = known
+        set_user_id(known.user_id)
+    return known
+
+
+def error_response(exc: OperatorError) -> JSONResponse:
+    errors = [{"field": e.field, "code": e.code.value, "message": e.message} for e in exc.errors]
+    return JSONResponse({"errors": errors}, status_code=STATUS_FOR_CODE.get(exc.code, 400))
+
+
+@router.get("/healthz", tags=["ops"], summary="The process is alive.")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"], summary="Database, object store and (when configured) Redis reachable.")
+async def readyz(rt: Annotated[Runtime, Depends(runtime)]) -> JSONResponse:
+    def probe() -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            with rt.db.read() as session:
+                session.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # readiness reports any failure rather than raising it
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            rt.store.check()
+            checks["objectStore"] = "ok"
+        except StorageError as exc:
+            checks["objectStore"] = f"error: {exc}"
+        if rt.settings.redis_url:
+            import redis
+
+            try:
+                redis.Redis.from_url(rt.settings.redis_url, socket_timeout=2).ping()
+                checks["redis"] = "ok"
+            except redis.RedisError as exc:
+                checks["redis"] = f"error: {type(exc).__name__}"
+        return checks
+
+    checks = await anyio.to_thread.run_sync(probe)
+    ready = all(value == "ok" for value in checks.values())
+    body = {
+        "status": "ready" if ready else "unavailable",
+        "authMode": rt.settings.auth_mode.value,
+        "checks": checks,
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", tags=["ops"], summary="Prometheus metrics.")
+async def metrics() -> Response:
+    body, content_type = metrics_response()
+    return Response(body, media_type=content_type)
+
+
+@router.get(
+    "/api/artifacts/{artifact_id}/versions/{version}/content",
+    tags=["artifacts"],
+    summary="Download one version's bytes (verified against its SHA-256 as they stream).",
+    response_model=None,
+)
+async def download_artifact(
+    artifact_id: str,
+    version: int,
+    request: Request,
+    rt: Annotated[Runtime, Depends(runtime)],
+    who: Annotated[Principal, Depends(principal)],
+) -> Response:
+    ctx = rt.operation_context(who)
+
+    def lookup() -> tuple[str, int, str, str | None]:
+        with rt.db.read() as session:
+            row = artifact_ops.get_version(ctx, session, artifact_id, version)
+            return row.blob_sha256, row.size, row.media_type, row.filename
+
+    try:
+        sha256, size, media_type, filename = await anyio.to_thread.run_sync(lookup)
+    except OperatorError as exc:
+        return error_response(exc)
+    etag = f'"{sha256}"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    headers = {
+        "ETag": etag,
+        "Content-Length": str(size),
+        "Cache-Control": "private, max-age=31536000, immutable",
+    }
+    if filename:
+        safe = filename.replace('"', "").replace("\r", "").replace("\n", "")
+        headers["Content-Disposition"] = f'attachment; filename="{safe}"'
+    return StreamingResponse(rt.store.open_chunks(sha256), media_type=media_type, headers=headers)

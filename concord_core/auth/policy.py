@@ -1,0 +1,116 @@
+"""The one policy: every read and write is decided by :func:`authorize`, nowhere else.
+
+Operators call it on the write path and the browse service turns :func:`readable_filter` into the SQL
+access predicate, so a list, a count and a single fetch can never disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+from sqlalchemy import ColumnElement, false, or_, true
+
+from concord_core.auth.principal import WRITE_SCOPE, Principal
+
+WRITER_ROLES = frozenset({"owner", "editor"})
+
+
+class Action(enum.StrEnum):
+    READ = "read"
+    CREATE = "create"  # resource: the workspace to create in
+    EDIT = "edit"
+    PUBLISH = "publish"  # change visibility
+    DELETE = "delete"
+
+
+class Visibility(enum.StrEnum):
+    PRIVATE = "private"
+    WORKSPACE = "workspace"
+    UNLISTED = "unlisted"
+    PUBLIC = "public"
+
+
+class Owned(Protocol):
+    """Anything access is decided on: its workspace, owner and visibility."""
+
+    @property
+    def workspace_id(self) -> str: ...
+    @property
+    def owner_id(self) -> str: ...
+    @property
+    def visibility(self) -> str: ...
+
+
+class WorkspaceTarget:
+    """The target of a CREATE: the workspace the new thing will belong to."""
+
+    def __init__(self, workspace_id: str) -> None:
+        self.workspace_id = workspace_id
+        self.owner_id = ""
+        self.visibility = Visibility.PRIVATE.value
+
+
+class AccessDenied(Exception):
+    """The principal may not do this. ``hidden`` means it may not even know the resource exists."""
+
+    def __init__(self, message: str, *, hidden: bool) -> None:
+        super().__init__(message)
+        self.hidden = hidden
+
+
+def can_read(principal: Principal, resource: Owned) -> bool:
+    if principal.is_admin:
+        return True
+    if resource.visibility in (Visibility.PUBLIC, Visibility.UNLISTED):
+        return True
+    if principal.user_id is None:
+        return False
+    if resource.visibility == Visibility.WORKSPACE:
+        return principal.role_in(resource.workspace_id) is not None
+    return resource.owner_id == principal.user_id
+
+
+def authorize(principal: Principal, action: Action, resource: Owned | WorkspaceTarget) -> None:
+    """Return if ``principal`` may do ``action`` on ``resource``; raise :class:`AccessDenied` if not."""
+    if action is Action.CREATE:
+        role = principal.role_in(resource.workspace_id)
+        if WRITE_SCOPE in principal.scopes and (principal.is_admin or role in WRITER_ROLES):
+            return
+        raise AccessDenied("you cannot create things in this workspace", hidden=role is None)
+    if not can_read(principal, resource):
+        raise AccessDenied("not found", hidden=True)
+    if action is Action.READ:
+        return
+    if WRITE_SCOPE not in principal.scopes:
+        raise AccessDenied("this credential is read-only", hidden=False)
+    if principal.is_admin:
+        return
+    role = principal.role_in(resource.workspace_id)
+    is_owner = resource.owner_id == principal.user_id
+    if action in (Action.PUBLISH, Action.DELETE):
+        allowed = is_owner or role == "owner"
+    else:  # EDIT
+        allowed = is_owner or (role in WRITER_ROLES and resource.visibility != Visibility.PRIVATE)
+    if not allowed:
+        raise AccessDenied(f"you cannot {action.value} this", hidden=False)
+
+
+def readable_filter(principal: Principal, model: type, *, listed: bool = True) -> ColumnElement[bool]:
+    """SQL for "rows ``principal`` may read" on a model with workspace_id, owner_id and visibility.
+
+    With ``listed`` (browsing), unlisted rows of others are left out: they are reachable by ID only.
+    """
+    if principal.is_admin:
+        return true()
+    visibility = model.visibility  # type: ignore[attr-defined]
+    clauses = [visibility == Visibility.PUBLIC.value]
+    if not listed:
+        clauses.append(visibility == Visibility.UNLISTED.value)
+    if principal.user_id is not None:
+        clauses.append(model.owner_id == principal.user_id)  # type: ignore[attr-defined]
+        if principal.roles:
+            clauses.append(
+                (visibility != Visibility.PRIVATE.value) & model.workspace_id.in_(list(principal.roles))  # type: ignore[attr-defined]
+            )
+    return or_(*clauses) if clauses else false()

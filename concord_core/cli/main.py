@@ -1,0 +1,148 @@
+"""The ``concord`` command: serve, migrate, inspect the database, verify the event log, replay."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from concord_core.db.engine import Database
+from concord_core.settings import Settings, SettingsError, load_settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _database(settings: Settings) -> Database:
+    return Database(settings.resolved_database_url)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from concord_core.api.app import create_app
+    from concord_core.api.runtime import Runtime
+    from concord_core.db.migrate import SchemaTooNew, upgrade
+    from concord_core.observability.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+    runtime = Runtime.open(settings)
+    try:
+        before = upgrade(runtime.db)
+    except SchemaTooNew as exc:
+        print(f"concord: {exc}", file=sys.stderr)
+        return 2
+    if before.pending:
+        print(
+            f"concord: migrated the database from {before.current or 'empty'} to {before.head}",
+            file=sys.stderr,
+        )
+    host = args.host or settings.host
+    port = args.port or settings.port
+    uvicorn.run(create_app(runtime), host=host, port=port, log_config=None, access_log=False)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.db.migrate import SchemaTooNew, upgrade
+
+    try:
+        before = upgrade(_database(settings))
+    except SchemaTooNew as exc:
+        print(f"concord: {exc}", file=sys.stderr)
+        return 2
+    if before.pending:
+        print(f"migrated {before.current or 'empty database'} -> {before.head} ({len(before.pending)} steps)")
+    else:
+        print(f"already at {before.head}")
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.db.migrate import SchemaTooNew, status
+
+    try:
+        state = status(_database(settings))
+    except SchemaTooNew as exc:
+        print(f"concord: {exc}", file=sys.stderr)
+        return 2
+    print(f"database: {settings.resolved_database_url.split('@')[-1]}")
+    print(f"current:  {state.current or '(empty)'}")
+    print(f"head:     {state.head}")
+    print(f"pending:  {', '.join(state.pending) or 'none'}")
+    return 0 if state.up_to_date else 1
+
+
+def cmd_events_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.events.log import verify_chain
+
+    with _database(settings).read() as session:
+        report = verify_chain(session)
+    if report.ok:
+        print(f"event log intact: {report.checked} events")
+        return 0
+    print(f"event log BROKEN at sequence {report.broken_at}: {report.reason}")
+    print(f"({report.checked} events before it are intact)")
+    return 1
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.events.replay import verify_replay
+
+    if not args.verify:
+        print("concord replay: pass --verify to rebuild state from events and compare it with the tables")
+        return 2
+    with _database(settings).read() as session:
+        report = verify_replay(session)
+    if report.ok:
+        print(f"replay matches the tables: {report.events} events, {report.rows} rows")
+        return 0
+    print(f"replay DIFFERS: {report.difference}")
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="concord", description="Concord: knowledge, artifacts, jobs, lenses."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="migrate the database, then serve the API")
+    serve.add_argument("--host", help="bind address (default CONCORD_HOST)")
+    serve.add_argument("--port", type=int, help="port (default CONCORD_PORT)")
+    serve.set_defaults(func=cmd_serve)
+
+    commands.add_parser("migrate", help="apply pending migrations").set_defaults(func=cmd_migrate)
+
+    db = commands.add_parser("db", help="database inspection").add_subparsers(
+        dest="db_command", required=True
+    )
+    db.add_parser("status", help="current and pending migrations (exit 1 when behind)").set_defaults(
+        func=cmd_db_status
+    )
+
+    events = commands.add_parser("events", help="the event log").add_subparsers(
+        dest="events_command", required=True
+    )
+    events.add_parser("verify", help="check the hash chain (exit 1 at the first broken link)").set_defaults(
+        func=cmd_events_verify
+    )
+
+    replay = commands.add_parser("replay", help="rebuild state from the event log")
+    replay.add_argument("--verify", action="store_true", help="compare the rebuilt state with the tables")
+    replay.set_defaults(func=cmd_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"concord: {exc}", file=sys.stderr)
+        return 2
+    func: Command = args.func
+    return func(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

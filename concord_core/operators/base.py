@@ -1,0 +1,176 @@
+"""The write path (DESIGN.md): validate, authorize, blob first, one transaction with state, version,
+event and audit rows, typed result.
+
+An operator opens :func:`write`; inside it, it checks access with :meth:`Change.authorize`, writes its rows,
+and records events and the audit entry with :meth:`Change.emit` and :meth:`Change.audit`. They are
+flushed at the end of the same transaction (events last, so the event-log lock is held briefly), so there
+is never an event without its state or state without its event. A denial rolls the transaction back and
+writes only the denial's audit row, in a transaction of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
+
+from concord_core.auth.policy import AccessDenied, Action, Owned, WorkspaceTarget, authorize
+from concord_core.auth.principal import Principal
+from concord_core.db.engine import Database
+from concord_core.db.models import AuditEntry
+from concord_core.events.log import append_event
+from concord_core.observability.context import current
+from concord_core.operators.errors import ErrorCode, OperatorError, from_validation_error, not_found
+from concord_core.settings import Settings
+from concord_core.storage import BlobStore
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+#: Called after a write commits, with the committed change (jobs wake their dispatcher here).
+AfterCommit = Callable[["Change"], None]
+
+
+@dataclass
+class OperationContext:
+    """What every operator needs: where to write, who is asking, and the settings."""
+
+    db: Database
+    store: BlobStore
+    principal: Principal
+    settings: Settings
+    after_commit: list[AfterCommit] = field(default_factory=list)
+
+    def workspace_for(self, workspace_id: str | None) -> str:
+        """The workspace a new thing goes to: the one asked for, else the principal's own."""
+        chosen = workspace_id or self.principal.default_workspace_id
+        if chosen is None:
+            raise OperatorError.single(ErrorCode.UNAUTHENTICATED, "sign in to create things")
+        return chosen
+
+
+def validate(model: type[ModelT], data: Any, prefix: str = "") -> ModelT:
+    """Parse input into ``model``; every problem becomes a VALIDATION field error."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, prefix) from None
+
+
+@dataclass
+class _PendingEvent:
+    event_type: str
+    entity_type: str
+    entity_id: str
+    payload: dict[str, Any]
+    workspace_id: str | None
+
+
+@dataclass
+class Change:
+    """One write in progress: its session and the events and audit entry it will commit."""
+
+    ctx: OperationContext
+    session: Session
+    action: str
+    events: list[_PendingEvent] = field(default_factory=list)
+    audit_target: tuple[str | None, str | None, str | None] = (None, None, None)
+    audit_detail: dict[str, Any] = field(default_factory=dict)
+
+    def authorize(
+        self, action: Action, resource: Owned | WorkspaceTarget, target_type: str, target_id: str
+    ) -> None:
+        self.audit_target = (target_type, target_id, resource.workspace_id)
+        try:
+            authorize(self.ctx.principal, action, resource)
+        except AccessDenied as exc:
+            raise _Denied(exc, target_type, target_id, resource.workspace_id) from None
+
+    def emit(
+        self,
+        event_type: str,
+        entity_type: str,
+        entity_id: str,
+        payload: dict[str, Any],
+        workspace_id: str | None,
+    ) -> None:
+        self.events.append(_PendingEvent(event_type, entity_type, entity_id, payload, workspace_id))
+
+    def audit(self, target_type: str, target_id: str, workspace_id: str | None, **detail: Any) -> None:
+        self.audit_target = (target_type, target_id, workspace_id)
+        self.audit_detail.update(detail)
+
+    def _flush(self) -> None:
+        request = current()
+        target_type, target_id, workspace_id = self.audit_target
+        self.session.add(
+            AuditEntry(
+                actor_id=self.ctx.principal.user_id,
+                action=self.action,
+                target_type=target_type,
+                target_id=target_id,
+                workspace_id=workspace_id,
+                request_id=request.request_id,
+                client_addr=request.client_addr,
+                outcome="allowed",
+                detail=self.audit_detail,
+            )
+        )
+        for pending in self.events:
+            append_event(
+                self.session,
+                event_type=pending.event_type,
+                entity_type=pending.entity_type,
+                entity_id=pending.entity_id,
+                payload=pending.payload,
+                workspace_id=pending.workspace_id,
+                actor_id=self.ctx.principal.user_id,
+                request_id=request.request_id,
+            )
+
+
+class _Denied(Exception):
+    def __init__(self, denied: AccessDenied, target_type: str, target_id: str, workspace_id: str) -> None:
+        self.denied = denied
+        self.target = (target_type, target_id, workspace_id)
+
+
+def record_denial(
+    ctx: OperationContext, action: str, target: tuple[str | None, str | None, str | None], reason: str
+) -> None:
+    request = current()
+    with ctx.db.write() as session:
+        session.add(
+            AuditEntry(
+                actor_id=ctx.principal.user_id,
+                action=action,
+                target_type=target[0],
+                target_id=target[1],
+                workspace_id=target[2],
+                request_id=request.request_id,
+                client_addr=request.client_addr,
+                outcome="denied",
+                detail={"reason": reason},
+            )
+        )
+
+
+@contextmanager
+def write(ctx: OperationContext, action: str) -> Iterator[Change]:
+    """Run one operator's writes as a single transaction (see the module docstring)."""
+    try:
+        with ctx.db.write() as session:
+            change = Change(ctx, session, action)
+            yield change
+            change._flush()
+    except _Denied as denied:
+        record_denial(ctx, action, denied.target, str(denied.denied))
+        if denied.denied.hidden:
+            # The same error an unknown id gets, so ids cannot be probed.
+            raise not_found(denied.target[0] or "resource") from None
+        raise OperatorError.single(ErrorCode.FORBIDDEN, str(denied.denied)) from None
+    for hook in ctx.after_commit:
+        hook(change)

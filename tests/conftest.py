@@ -1,0 +1,116 @@
+"""Shared fixtures: every test that touches a database runs on SQLite and on PostgreSQL.
+
+Each PostgreSQL test gets a fresh database on the shared server (CONCORD_TEST_POSTGRES_URL, default
+postgresql://postgres@127.0.0.1:5432) that is dropped afterwards. Outside CI a missing server skips those
+tests; with CI=true it is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from concord_core.api.app import create_app
+from concord_core.api.runtime import Runtime
+from concord_core.db.migrate import upgrade
+from concord_core.settings import Settings, load_settings
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "CONCORD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _service_missing(what: str, error: Exception) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI and is not reachable: {error}")
+    pytest.skip(f"{what} not reachable: {error}")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    name = f"concord_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        _service_missing("PostgreSQL", exc)
+        raise
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'concord.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "database_url": database_url,
+        "storage_url": str(tmp_path / "objects"),
+        "log_json": True,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime.open(settings)
+    upgrade(rt.db)
+    rt.start()
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime)) as test_client:
+        yield test_client
+
+
+class GraphQL:
+    """Posts GraphQL operations; ``run`` fails the test on top-level errors, ``raw`` returns the body."""
+
+    def __init__(self, client: TestClient, headers: dict[str, str] | None = None) -> None:
+        self.client = client
+        self.headers = headers or {}
+
+    def raw(self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        response = self.client.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=self.headers, **kwargs
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def run(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = self.raw(query, variables)
+        assert not body.get("errors"), body["errors"]
+        data: dict[str, Any] = body["data"]
+        return data
+
+
+@pytest.fixture
+def gql(client: TestClient) -> GraphQL:
+    return GraphQL(client)
