@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from concord_core.api.app import create_app
+from concord_core.api.gql.schema import load_lenses
 from concord_core.api.runtime import Runtime
 from concord_core.db.migrate import upgrade
 from concord_core.settings import Settings, load_settings
@@ -76,7 +77,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 @pytest.fixture
 def runtime(settings: Settings) -> Iterator[Runtime]:
-    rt = Runtime.open(settings)
+    rt = Runtime.open(settings, load_lenses(settings))
     upgrade(rt.db)
     rt.start()
     yield rt

@@ -32,7 +32,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         return Context(runtime, await rest.principal(request))
 
     graphql = GraphQLRouter(
-        build_schema(),
+        build_schema(runtime.lenses),
         context_getter=graphql_context,
         multipart_uploads_enabled=True,
         graphql_ide="graphiql",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 import anyio.to_thread
@@ -15,6 +16,7 @@ from concord_core.observability.context import set_user_id
 from concord_core.observability.metrics import metrics_response
 from concord_core.operators import artifacts as artifact_ops
 from concord_core.operators.errors import ErrorCode, OperatorError
+from concord_core.plugins.manifest import manifest_schema
 from concord_core.storage import StorageError
 
 router = APIRouter()
@@ -91,6 +93,13 @@ async def readyz(rt: Annotated[Runtime, Depends(runtime)]) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
+@router.get(
+    "/api/lens-manifest.schema.json", tags=["lenses"], summary="The JSON Schema lens manifests follow."
+)
+async def lens_manifest_schema() -> JSONResponse:
+    return JSONResponse(manifest_schema(), media_type="application/schema+json")
+
+
 @router.get("/metrics", tags=["ops"], summary="Prometheus metrics.")
 async def metrics() -> Response:
     body, content_type = metrics_response()
@@ -132,4 +141,27 @@ async def download_artifact(
     if filename:
         safe = filename.replace('"', "").replace("\r", "").replace("\n", "")
         headers["Content-Disposition"] = f'attachment; filename="{safe}"'
-    return StreamingResponse(rt.store.open_chunks(sha256), media_type=media_type, headers=headers)
+    return StreamingResponse(
+        _last_chunk_after_verification(rt.store.open_chunks(sha256)), media_type=media_type, headers=headers
+    )
+
+
+def _last_chunk_after_verification(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Pass a blob's chunks on, holding the last one back until the store has verified the whole content.
+
+    The store raises BlobCorrupted only after the last chunk; sending that chunk first would give the client
+    every byte Content-Length promised, so a corrupted file would look like a complete download. Held back,
+    the response ends short and any HTTP client reports it as broken.
+    """
+    held: bytes | None = None
+    try:
+        for chunk in chunks:
+            if held is not None:
+                yield held
+            held = chunk
+        if held is not None:
+            yield held
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()

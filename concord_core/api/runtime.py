@@ -9,7 +9,9 @@ from concord_core.auth.accounts import ensure_local_owner, load_principal
 from concord_core.auth.principal import ANONYMOUS, Principal
 from concord_core.db.engine import Database
 from concord_core.operators.base import AfterCommit, OperationContext
-from concord_core.settings import AuthMode, Settings
+from concord_core.operators.lens_items import seed_items
+from concord_core.plugins.registry import LensRegistry
+from concord_core.settings import AuthMode, Environment, Settings
 from concord_core.storage import BlobStore, open_store
 
 
@@ -18,17 +20,32 @@ class Runtime:
     settings: Settings
     db: Database
     store: BlobStore
+    lenses: LensRegistry
     local_owner_id: str | None = None
     after_commit: list[AfterCommit] = field(default_factory=list)
 
     @classmethod
-    def open(cls, settings: Settings) -> Runtime:
-        return cls(settings=settings, db=Database(settings.resolved_database_url), store=open_store(settings))
+    def open(cls, settings: Settings, lenses: LensRegistry | None = None) -> Runtime:
+        """A runtime on the configured database and store, with the given lenses (default: the installed
+        ones, which raises InvalidLenses if any is invalid and CONCORD_SKIP_INVALID_LENSES is off)."""
+        if lenses is None:
+            # Imported here: the schema module imports the GraphQL types, which import this module.
+            from concord_core.api.gql.schema import load_lenses
+
+            lenses = load_lenses(settings)
+        return cls(
+            settings=settings,
+            db=Database(settings.resolved_database_url),
+            store=open_store(settings),
+            lenses=lenses,
+        )
 
     def start(self) -> None:
         """Prepare a migrated database for serving."""
         if self.settings.auth_mode is AuthMode.PUBLIC:
             self.local_owner_id = ensure_local_owner(self.db)
+        if self.settings.environment is Environment.DEVELOPMENT and self.local_owner_id:
+            seed_items(self.operation_context(self.principal_for_user(self.local_owner_id)))
 
     def principal_for_user(self, user_id: str) -> Principal:
         with self.db.read() as session:
@@ -46,7 +63,11 @@ class Runtime:
 
     def operation_context(self, principal: Principal) -> OperationContext:
         return OperationContext(
-            db=self.db, store=self.store, principal=principal, settings=self.settings,
+            db=self.db,
+            store=self.store,
+            principal=principal,
+            settings=self.settings,
+            lenses=self.lenses,
             after_commit=self.after_commit,
         )  # fmt: skip
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from concord_core.db.engine import Database
 from concord_core.settings import Settings, SettingsError, load_settings
@@ -20,12 +22,23 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from concord_core.api.app import create_app
+    from concord_core.api.gql.schema import load_lenses
     from concord_core.api.runtime import Runtime
     from concord_core.db.migrate import SchemaTooNew, upgrade
     from concord_core.observability.logging import configure_logging
+    from concord_core.plugins.registry import InvalidLenses
 
     configure_logging(settings.log_level, settings.log_json)
-    runtime = Runtime.open(settings)
+    try:
+        lenses = load_lenses(settings)
+    except InvalidLenses as exc:
+        print(f"concord: refusing to start: {exc}", file=sys.stderr)
+        print(
+            "concord: fix the lenses, or set CONCORD_SKIP_INVALID_LENSES=1 to start without them",
+            file=sys.stderr,
+        )
+        return 2
+    runtime = Runtime.open(settings, lenses)
     try:
         before = upgrade(runtime.db)
     except SchemaTooNew as exc:
@@ -100,6 +113,69 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+def cmd_lens_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.api.gql.schema import KERNEL
+    from concord_core.plugins.manifest import load_manifest_file, validate_manifest
+    from concord_core.plugins.registry import build_registry, discover
+
+    problems = []
+    if args.paths:
+        for path in args.paths:
+            manifest, found = load_manifest_file(Path(path))
+            problems += found or validate_manifest(manifest, Path(path).resolve().parent.name)
+        checked = f"{len(args.paths)} manifest(s)"
+    else:
+        registry = build_registry(discover(), KERNEL)
+        problems = registry.problems
+        checked = f"{len(registry.lenses)} installed lens(es): " + ", ".join(
+            f"{lens.lens_id} {lens.version or '?'}" for lens in registry.lenses
+        )
+    for problem in problems:
+        print(problem)
+    print(f"{'FAILED' if problems else 'ok'}: {checked}, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def cmd_lens_list(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.api.gql.schema import KERNEL
+    from concord_core.plugins.registry import build_registry, discover
+
+    registry = build_registry(discover(), KERNEL)
+    for lens in registry.lenses:
+        print(f"{lens.lens_id:<24} {lens.version or '-':<10} {lens.status:<7} {lens.source}")
+        for problem in lens.problems:
+            print(f"    {problem}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
+    """schema.graphql documents Concord as shipped: the kernel and the built-in lenses only."""
+    from concord_core.api.gql.schema import KERNEL, build_schema
+    from concord_core.plugins.registry import InvalidLenses, discover, load_registry
+
+    try:
+        lenses = load_registry(KERNEL, skip_invalid=False, plugins=discover(builtin_only=True))
+        sdl = build_schema(lenses).as_str() + "\n"
+    except InvalidLenses as exc:
+        print(f"concord: {exc}", file=sys.stderr)
+        return 2
+    target = Path(args.file)
+    if args.check:
+        current = target.read_text("utf-8") if target.exists() else ""
+        if current == sdl:
+            print(f"{target} is up to date")
+            return 0
+        diff = difflib.unified_diff(
+            current.splitlines(), sdl.splitlines(), str(target), "running schema", lineterm=""
+        )
+        print("\n".join(list(diff)[:200]))
+        print(f"{target} is stale: run `concord schema export`", file=sys.stderr)
+        return 1
+    target.write_text(sdl, "utf-8")
+    print(f"wrote {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="concord", description="Concord: knowledge, artifacts, jobs, lenses."
@@ -130,6 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="rebuild state from the event log")
     replay.add_argument("--verify", action="store_true", help="compare the rebuilt state with the tables")
     replay.set_defaults(func=cmd_replay)
+
+    lens = commands.add_parser("lens", help="lenses (plugins)").add_subparsers(
+        dest="lens_command", required=True
+    )
+    validate = lens.add_parser("validate", help="check installed lenses, or the given manifests/lens folders")
+    validate.add_argument(
+        "paths", nargs="*", help="manifest.json files or lens folders (default: installed lenses)"
+    )
+    validate.set_defaults(func=cmd_lens_validate)
+    lens.add_parser("list", help="installed lenses with version and status").set_defaults(func=cmd_lens_list)
+
+    schema = commands.add_parser("schema", help="the composed GraphQL schema (SDL)")
+    schema_commands = schema.add_subparsers(dest="schema_command", required=True)
+    for name, check, text in (
+        ("export", False, "write the SDL"),
+        ("check", True, "fail when the file is stale"),
+    ):
+        sub = schema_commands.add_parser(name, help=text)
+        sub.add_argument("--file", default="schema.graphql", help="default: schema.graphql")
+        sub.set_defaults(func=cmd_schema, check=check)
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from concord_core.db.models import Artifact, ArtifactVersion, Dtu, DtuVersion
+from concord_core.db.models import Artifact, ArtifactVersion, Dtu, DtuVersion, LensItem
 
 DTU_FIELDS = (
     "title",
@@ -83,4 +83,22 @@ def artifact_version_snapshot(row: ArtifactVersion) -> dict[str, Any]:
         "job_id": row.job_id,
         "metadata": row.metadata_,
         "created_at": _time(row.created_at),
+    }
+
+
+def lens_item_snapshot(item: LensItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "lens_id": item.lens_id,
+        "item_type": item.item_type,
+        "workspace_id": item.workspace_id,
+        "owner_id": item.owner_id,
+        "visibility": item.visibility,
+        "status": item.status,
+        "data": item.data,
+        "source_kind": item.source_kind,
+        "source_id": item.source_id,
+        "version": item.version,
+        "created_at": _time(item.created_at),
+        "updated_at": _time(item.updated_at),
     }

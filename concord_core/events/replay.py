@@ -1,4 +1,5 @@
-"""Deterministic replay: rebuild state from the event log alone and compare it with the tables.
+"""Deterministic replay: rebuild DTU, artifact and lens item state from the event log alone, and compare it
+with the tables.
 
 Every event that changes an entity carries the entity's full new state, so a projection is a fold of
 snapshots. ``concord replay --verify`` runs every projection and reports the first difference.
@@ -13,13 +14,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from concord_core.db.models import Artifact, ArtifactVersion, Dtu, DtuVersion, Event
+from concord_core.db.models import Artifact, ArtifactVersion, Dtu, DtuVersion, Event, LensItem
 from concord_core.db.snapshots import (
     DTU_FIELDS,
     artifact_snapshot,
     artifact_version_snapshot,
     dtu_snapshot,
     dtu_version_snapshot,
+    lens_item_snapshot,
 )
 from concord_core.events.log import iter_events
 
@@ -81,10 +83,25 @@ def _artifact_rows(session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
         yield f"artifact_version:{row.artifact_id}:{row.version}", artifact_version_snapshot(row)
 
 
+def _apply_lens_item(event: Event, state: State) -> None:
+    if event.entity_type != "lens_item":
+        return
+    if event.payload.get("deleted"):
+        state.pop(f"lens_item:{event.entity_id}", None)
+    else:
+        state[f"lens_item:{event.entity_id}"] = event.payload["item"]
+
+
+def _lens_item_rows(session: Session) -> Iterable[tuple[str, dict[str, Any]]]:
+    for item in session.scalars(select(LensItem).order_by(LensItem.id)):
+        yield f"lens_item:{item.id}", lens_item_snapshot(item)
+
+
 def projections() -> list[Projection]:
     return [
         Projection("dtus", _apply_dtu, _dtu_rows),
         Projection("artifacts", _apply_artifact, _artifact_rows),
+        Projection("lens_items", _apply_lens_item, _lens_item_rows),
     ]
 
 

@@ -25,6 +25,7 @@ from concord_core.db.models import AuditEntry
 from concord_core.events.log import append_event
 from concord_core.observability.context import current
 from concord_core.operators.errors import ErrorCode, OperatorError, from_validation_error, not_found
+from concord_core.plugins.registry import LensRegistry
 from concord_core.settings import Settings
 from concord_core.storage import BlobStore
 
@@ -42,6 +43,7 @@ class OperationContext:
     store: BlobStore
     principal: Principal
     settings: Settings
+    lenses: LensRegistry | None = None
     after_commit: list[AfterCommit] = field(default_factory=list)
 
     def workspace_for(self, workspace_id: str | None) -> str:
@@ -79,6 +81,8 @@ class Change:
     events: list[_PendingEvent] = field(default_factory=list)
     audit_target: tuple[str | None, str | None, str | None] = (None, None, None)
     audit_detail: dict[str, Any] = field(default_factory=dict)
+    #: A dry run: the transaction is rolled back and nothing (not even the audit entry) is recorded.
+    dry_run: bool = False
 
     def authorize(
         self, action: Action, resource: Owned | WorkspaceTarget, target_type: str, target_id: str
@@ -132,6 +136,10 @@ class Change:
             )
 
 
+class _DryRun(Exception):
+    """Rolls back the transaction of a change marked ``dry_run``."""
+
+
 class _Denied(Exception):
     def __init__(self, denied: AccessDenied, target_type: str, target_id: str, workspace_id: str) -> None:
         self.denied = denied
@@ -165,7 +173,11 @@ def write(ctx: OperationContext, action: str) -> Iterator[Change]:
         with ctx.db.write() as session:
             change = Change(ctx, session, action)
             yield change
+            if change.dry_run:
+                raise _DryRun
             change._flush()
+    except _DryRun:
+        return
     except _Denied as denied:
         record_denial(ctx, action, denied.target, str(denied.denied))
         if denied.denied.hidden:

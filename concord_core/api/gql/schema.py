@@ -1,9 +1,12 @@
-"""The composed GraphQL schema: the kernel's query and mutation types, merged into one."""
+"""The composed GraphQL schema: the kernel's root types plus every active lens's contributions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from functools import partial
+
 import strawberry
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.tools import merge_types
 
 import concord_core
@@ -11,7 +14,14 @@ from concord_core.api.gql.artifacts import ArtifactMutations, ArtifactQueries
 from concord_core.api.gql.context import GqlInfo
 from concord_core.api.gql.dtus import DtuMutations, DtuQueries
 from concord_core.api.gql.errors import ErrorShaping
+from concord_core.api.gql.lenses import LensMutations, LensQueries
 from concord_core.api.gql.nodes import NodeQueries
+from concord_core.observability.context import set_lens_id, set_operation
+from concord_core.plugins.contract import GraphQLContribution
+from concord_core.plugins.graphql_names import collect
+from concord_core.plugins.registry import LensRegistry, load_registry
+from concord_core.settings import Settings
+from graphql import FieldNode, OperationDefinitionNode
 
 MAX_DEPTH = 12
 MAX_ALIASES = 30
@@ -37,20 +47,71 @@ class ServerQueries:
         )
 
 
-KERNEL_QUERIES: tuple[type, ...] = (NodeQueries, ServerQueries, DtuQueries, ArtifactQueries)
-KERNEL_MUTATIONS: tuple[type, ...] = (DtuMutations, ArtifactMutations)
+#: What the kernel itself contributes; lenses may not redefine any of its fields or types.
+KERNEL = GraphQLContribution(
+    query=(NodeQueries, ServerQueries, DtuQueries, ArtifactQueries, LensQueries),
+    mutation=(DtuMutations, ArtifactMutations, LensMutations),
+)
 
 
-def build_schema() -> strawberry.Schema:
-    query = merge_types("Query", KERNEL_QUERIES)
-    mutation = merge_types("Mutation", KERNEL_MUTATIONS)
+def load_lenses(settings: Settings) -> LensRegistry:
+    """The installed lenses, checked against the kernel (raises InvalidLenses unless told to skip)."""
+    return load_registry(KERNEL, skip_invalid=settings.skip_invalid_lenses)
+
+
+class LensAttribution(SchemaExtension):
+    """Record the operation name, and the lens owning its first lens field, for the request log."""
+
+    def __init__(self, *, owners: dict[str, str]) -> None:
+        self.owners = owners
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        set_operation(context.operation_name)
+        document = context.graphql_document
+        if self.owners and document is not None:
+            for definition in document.definitions:
+                if isinstance(definition, OperationDefinitionNode):
+                    for selection in definition.selection_set.selections:
+                        if isinstance(selection, FieldNode) and selection.name.value in self.owners:
+                            set_lens_id(self.owners[selection.name.value])
+                            break
+        yield
+
+
+def _root(name: str, types: Sequence[type]) -> type | None:
+    return merge_types(name, tuple(types)) if types else None
+
+
+def build_schema(lenses: LensRegistry) -> strawberry.Schema:
+    """One schema from the kernel and the active lenses (whose names were checked not to collide)."""
+    query, mutation, subscription = list(KERNEL.query), list(KERNEL.mutation), list(KERNEL.subscription)
+    extra_types = list(KERNEL.types)
+    owners: dict[str, str] = {}
+    for lens in lenses.active:
+        contribution = lens.graphql
+        query += contribution.query
+        mutation += contribution.mutation
+        subscription += contribution.subscription
+        extra_types += contribution.types
+        names = collect(
+            {
+                "query": contribution.query,
+                "mutation": contribution.mutation,
+                "subscription": contribution.subscription,
+            }
+        )
+        owners.update({field_name: lens.lens_id for _root_name, field_name in names.root_fields})
     return strawberry.Schema(
-        query=query,
-        mutation=mutation,
+        query=merge_types("Query", tuple(query)),
+        mutation=_root("Mutation", mutation),
+        subscription=_root("Subscription", subscription),
+        types=extra_types,
         extensions=[
             ErrorShaping,
-            QueryDepthLimiter(max_depth=MAX_DEPTH),  # type: ignore[list-item]
-            MaxAliasesLimiter(max_alias_count=MAX_ALIASES),  # type: ignore[list-item]
-            MaxTokensLimiter(max_token_count=MAX_TOKENS),  # type: ignore[list-item]
+            partial(LensAttribution, owners=owners),
+            partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
+            partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+            partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
         ],
     )

@@ -1,0 +1,103 @@
+"""Keyset pagination over any SQLAlchemy query: Relay's first/after and last/before.
+
+Pages are found by comparing sort keys, never by OFFSET, so a deep page costs what the first page costs,
+and a row inserted meanwhile never shifts what the next page holds. The last sort column must be unique.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from concord_core.browse.cursor import decode_cursor, encode_cursor
+from concord_core.operators.errors import ErrorCode, OperatorError
+
+T = TypeVar("T")
+MAX_PAGE = 100
+DEFAULT_PAGE = 20
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """A named sort order: columns with their directions; the last column is a unique tie-breaker."""
+
+    name: str
+    columns: Sequence[InstrumentedAttribute[Any]]
+    descending: bool = True
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T]
+    cursors: list[str]
+    has_next_page: bool
+    has_previous_page: bool
+
+
+def _after(columns: Sequence[Any], values: Sequence[Any], descending: bool) -> ColumnElement[bool]:
+    """Rows strictly past ``values`` in the sort direction (expanded row-value comparison)."""
+    clauses = []
+    for index, column in enumerate(columns):
+        equal = [columns[i] == values[i] for i in range(index)]
+        beyond = column < values[index] if descending else column > values[index]
+        clauses.append(and_(*equal, beyond))
+    return or_(*clauses)
+
+
+def page_size(first: int | None, last: int | None) -> tuple[int, bool]:
+    """How many rows to fetch and whether we page backwards; VALIDATION errors for bad arguments."""
+    if first is not None and last is not None:
+        raise OperatorError.single(ErrorCode.VALIDATION, "pass first or last, not both", "first")
+    size = last if last is not None else first if first is not None else DEFAULT_PAGE
+    if not 0 <= size <= MAX_PAGE:
+        raise OperatorError.single(
+            ErrorCode.VALIDATION,
+            f"first/last must be between 0 and {MAX_PAGE}",
+            "last" if last is not None else "first",
+        )
+    return size, last is not None
+
+
+def paginate(
+    session: Session,
+    query: Select[Any],
+    ordering: Ordering,
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+) -> Page[Any]:
+    """One page of ``query`` (a select of one ORM entity) in ``ordering``."""
+    size, backwards = page_size(first, last)
+    columns = ordering.columns
+    descending = ordering.descending
+    if after:
+        query = query.where(_after(columns, decode_cursor(after, ordering.name, len(columns)), descending))
+    if before:
+        query = query.where(
+            _after(columns, decode_cursor(before, ordering.name, len(columns)), not descending)
+        )
+    reverse = descending != backwards  # SQL order: backwards pages are read in reverse, then flipped
+    query = query.order_by(*(c.desc() if reverse else c.asc() for c in columns)).limit(size + 1)
+    rows = list(session.scalars(query))
+    more = len(rows) > size
+    rows = rows[:size]
+    if backwards:
+        rows.reverse()
+    cursors = [encode_cursor(ordering.name, tuple(getattr(row, c.key) for c in columns)) for row in rows]
+    return Page(
+        items=rows,
+        cursors=cursors,
+        has_next_page=more if not backwards else bool(before),
+        has_previous_page=more if backwards else bool(after),
+    )
+
+
+def count(session: Session, query: Select[Any]) -> int:
+    """The number of rows ``query`` matches (before paging)."""
+    return int(session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0)
