@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from concord_core.db.engine import make_engine
+from concord_core.db.migrate import managed_by_models
 from concord_core.db.models import Base
 from concord_core.settings import get_settings
 
@@ -19,6 +20,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=managed_by_models,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -52,6 +52,36 @@ def postgres_url() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+REDIS_TEST_URL = os.environ.get("CONCORD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The shared Redis server (CONCORD_TEST_REDIS_URL); skipped outside CI when unreachable, a failure in
+    CI. Tests keep apart by key prefix: give each its own ``redis_namespace``, never flush this server."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        _service_missing("Redis", exc)
+    return REDIS_TEST_URL
+
+
+@pytest.fixture
+def redis_namespace(redis_url: str) -> Iterator[str]:
+    """A key prefix (``CONCORD_REDIS_NAMESPACE``) of this test's own; its RQ keys are deleted afterwards."""
+    import redis
+
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    yield namespace
+    connection = redis.Redis.from_url(redis_url)
+    keys = list(connection.scan_iter(match=f"*{namespace}*", count=1000))
+    if keys:
+        connection.delete(*keys)
+    connection.close()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":

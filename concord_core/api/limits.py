@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from concord_core.observability.context import current_request_id
 
 #: Room for the multipart envelope and the other form fields around an upload.
 ENVELOPE_BYTES = 1024 * 1024
@@ -51,7 +55,18 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = b'{"error":{"code":"TOO_LARGE","message":"the request body is larger than the upload limit"}}'
+        body = json.dumps(
+            {
+                "errors": [
+                    {
+                        "field": None,
+                        "code": "TOO_LARGE",
+                        "message": "the request body is larger than the upload limit",
+                        "extensions": {"code": "TOO_LARGE", "requestId": current_request_id()},
+                    }
+                ]
+            }
+        ).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})  # fmt: skip

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import text
 
 from concord_core.api.runtime import Runtime
+from concord_core.auth.authenticate import AuthenticationFailed
 from concord_core.auth.principal import Principal
-from concord_core.observability.context import set_user_id
+from concord_core.observability.context import current_request_id, set_user_id
 from concord_core.observability.metrics import metrics_response
 from concord_core.operators import artifacts as artifact_ops
 from concord_core.operators.errors import ErrorCode, OperatorError
 from concord_core.plugins.manifest import manifest_schema
-from concord_core.storage import StorageError
+from concord_core.settings import AuthMode
+from concord_core.storage import BlobNotFound, StorageError
 
+log = logging.getLogger("concord.api")
 router = APIRouter()
 
 STATUS_FOR_CODE = {
@@ -38,11 +43,61 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
+def unauthenticated(message: str) -> HTTPException:
+    return HTTPException(
+        status_code=401, detail=message, headers={"WWW-Authenticate": 'Bearer realm="concord"'}
+    )
+
+
+CODE_FOR_STATUS = {status: code for code, status in STATUS_FOR_CODE.items()}
+
+
+async def request_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """Malformed REST parameters, as typed VALIDATION errors naming each parameter."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "field": ".".join(str(part) for part in error["loc"][1:]) or None,
+            "code": ErrorCode.VALIDATION.value,
+            "message": error["msg"],
+            "extensions": {"code": ErrorCode.VALIDATION.value, "requestId": current_request_id()},
+        }
+        for error in exc.errors()
+    ]
+    return JSONResponse({"errors": errors}, status_code=422)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """HTTP errors in one shape that both REST and GraphQL clients read: errors[] with a code (also under
+    extensions, as GraphQL clients expect) and the request id."""
+    assert isinstance(exc, HTTPException)
+    code = CODE_FOR_STATUS.get(
+        exc.status_code, ErrorCode.VALIDATION if exc.status_code < 500 else ErrorCode.INTERNAL
+    )
+    error = {
+        "field": None,
+        "code": code.value,
+        "message": str(exc.detail),
+        "extensions": {"code": code.value, "requestId": current_request_id()},
+    }
+    return JSONResponse({"errors": [error]}, status_code=exc.status_code, headers=exc.headers)
+
+
 async def principal(request: Request) -> Principal:
-    """Who is asking, from the request's credentials; remembered for the rest of the request."""
+    """Who is asking, from the request's credentials; remembered for the rest of the request.
+
+    Bad credentials are a 401 in every mode; no credentials are a 401 in apikey mode (health, readiness and
+    metrics do not ask for a principal, so they stay open).
+    """
     known: Principal | None = getattr(request.state, "principal", None)
     if known is None:
-        known = await anyio.to_thread.run_sync(runtime(request).authenticate, request.headers)
+        rt = runtime(request)
+        try:
+            known = await anyio.to_thread.run_sync(rt.authenticate, request.headers)
+        except AuthenticationFailed as exc:
+            raise unauthenticated(str(exc)) from None
+        if rt.settings.auth_mode is AuthMode.APIKEY and not known.is_authenticated:
+            raise unauthenticated("this instance needs an API key (Authorization: Bearer or X-API-Key)")
         request.state.principal = known
         set_user_id(known.user_id)
     return known
@@ -94,7 +149,10 @@ async def readyz(rt: Annotated[Runtime, Depends(runtime)]) -> JSONResponse:
 
 
 @router.get(
-    "/api/lens-manifest.schema.json", tags=["lenses"], summary="The JSON Schema lens manifests follow."
+    "/api/lens-manifest.schema.json",
+    tags=["lenses"],
+    summary="The JSON Schema lens manifests follow.",
+    dependencies=[Depends(principal)],
 )
 async def lens_manifest_schema() -> JSONResponse:
     return JSONResponse(manifest_schema(), media_type="application/schema+json")
@@ -141,9 +199,15 @@ async def download_artifact(
     if filename:
         safe = filename.replace('"', "").replace("\r", "").replace("\n", "")
         headers["Content-Disposition"] = f'attachment; filename="{safe}"'
-    return StreamingResponse(
-        _last_chunk_after_verification(rt.store.open_chunks(sha256)), media_type=media_type, headers=headers
-    )
+    try:
+        chunks = await anyio.to_thread.run_sync(rt.store.open_chunks, sha256)
+    except BlobNotFound:
+        log.error(
+            "artifact %s version %s: blob %s is missing from the object store", artifact_id, version, sha256
+        )
+        missing = OperatorError.single(ErrorCode.INTERNAL, "the stored content of this version is missing")
+        return error_response(missing)
+    return StreamingResponse(_last_chunk_after_verification(chunks), media_type=media_type, headers=headers)
 
 
 def _last_chunk_after_verification(chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -1,4 +1,5 @@
-"""The running instance: settings, database, object store and the principal for a request."""
+"""The running instance: settings, database, object store, lenses, the browse service, and the principal
+for a request."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from concord_core.auth.accounts import ensure_local_owner, load_principal
+from concord_core.auth.authenticate import authenticate, credential_from
 from concord_core.auth.principal import ANONYMOUS, Principal
+from concord_core.browse.service import BrowseService
+from concord_core.browse.source import Browsable
+from concord_core.browse.sources import KERNEL_BROWSABLES
 from concord_core.db.engine import Database
+from concord_core.jobs.service import JobService
 from concord_core.operators.base import AfterCommit, OperationContext
 from concord_core.operators.lens_items import seed_items
 from concord_core.plugins.registry import LensRegistry
@@ -23,6 +29,14 @@ class Runtime:
     lenses: LensRegistry
     local_owner_id: str | None = None
     after_commit: list[AfterCommit] = field(default_factory=list)
+    browse: BrowseService = field(init=False)
+    jobs: JobService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.browse = BrowseService(self.db)
+        # Job runners start with the app (JobService.start); the hook wakes them after each commit.
+        self.jobs = JobService(self.settings, self.db, self.store, self.lenses, self.after_commit)
+        self.after_commit.append(self.jobs.after_commit)
 
     @classmethod
     def open(cls, settings: Settings, lenses: LensRegistry | None = None) -> Runtime:
@@ -40,6 +54,14 @@ class Runtime:
             lenses=lenses,
         )
 
+    @property
+    def browsables(self) -> dict[str, Browsable]:
+        """Everything Global can browse: the kernel's sources and every active lens's."""
+        sources = {browsable.name: browsable for browsable in KERNEL_BROWSABLES}
+        for lens in self.lenses.active:
+            sources.update({browsable.name: browsable for browsable in lens.browsables})
+        return sources
+
     def start(self) -> None:
         """Prepare a migrated database for serving."""
         if self.settings.auth_mode is AuthMode.PUBLIC:
@@ -52,14 +74,8 @@ class Runtime:
             return load_principal(session, user_id) or ANONYMOUS
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
-        """The principal behind a request's credentials (the accounts issue adds keys and tokens)."""
-        return self.anonymous_principal()
-
-    def anonymous_principal(self) -> Principal:
-        """Who a request without credentials is: the local owner in public mode, else nobody."""
-        if self.settings.auth_mode is AuthMode.PUBLIC and self.local_owner_id:
-            return self.principal_for_user(self.local_owner_id)
-        return ANONYMOUS
+        """The principal behind a request's credentials; raises AuthenticationFailed for bad ones."""
+        return authenticate(self.db, self.settings, credential_from(headers), self.local_owner_id)
 
     def operation_context(self, principal: Principal) -> OperationContext:
         return OperationContext(
@@ -69,7 +85,8 @@ class Runtime:
             settings=self.settings,
             lenses=self.lenses,
             after_commit=self.after_commit,
-        )  # fmt: skip
+        )
 
     def close(self) -> None:
+        self.jobs.close()
         self.db.dispose()

@@ -7,7 +7,8 @@ access predicate, so a list, a count and a single fetch can never disagree.
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, false, or_, true
 
@@ -22,6 +23,8 @@ class Action(enum.StrEnum):
     EDIT = "edit"
     PUBLISH = "publish"  # change visibility
     DELETE = "delete"
+    MANAGE = "manage"  # resource: a workspace; change its members
+    ADMINISTER = "administer"  # resource: the instance; manage users
 
 
 class Visibility(enum.StrEnum):
@@ -51,6 +54,24 @@ class WorkspaceTarget:
         self.visibility = Visibility.PRIVATE.value
 
 
+class InstanceTarget:
+    """The target of an ADMINISTER: the instance as a whole."""
+
+    workspace_id = ""
+    owner_id = ""
+    visibility = Visibility.PRIVATE.value
+
+
+class AccountTarget:
+    """The target of a change to one person's own account (their API keys, the workspaces they start):
+    theirs alone, or an administrator's. Anyone else may not learn that it exists."""
+
+    def __init__(self, user_id: str | None) -> None:
+        self.workspace_id = ""
+        self.owner_id = user_id or ""
+        self.visibility = Visibility.PRIVATE.value
+
+
 class AccessDenied(Exception):
     """The principal may not do this. ``hidden`` means it may not even know the resource exists."""
 
@@ -71,8 +92,21 @@ def can_read(principal: Principal, resource: Owned) -> bool:
     return resource.owner_id == principal.user_id
 
 
-def authorize(principal: Principal, action: Action, resource: Owned | WorkspaceTarget) -> None:
+def authorize(
+    principal: Principal, action: Action, resource: Owned | WorkspaceTarget | InstanceTarget
+) -> None:
     """Return if ``principal`` may do ``action`` on ``resource``; raise :class:`AccessDenied` if not."""
+    if action is Action.ADMINISTER:
+        if principal.is_admin and WRITE_SCOPE in principal.scopes:
+            return
+        raise AccessDenied("this needs an administrator", hidden=False)
+    if action is Action.MANAGE:
+        role = principal.role_in(resource.workspace_id)
+        if WRITE_SCOPE in principal.scopes and (principal.is_admin or role == "owner"):
+            return
+        raise AccessDenied(
+            "this needs an owner of the workspace", hidden=role is None and not principal.is_admin
+        )
     if action is Action.CREATE:
         role = principal.role_in(resource.workspace_id)
         if WRITE_SCOPE in principal.scopes and (principal.is_admin or role in WRITER_ROLES):
@@ -114,3 +148,55 @@ def readable_filter(principal: Principal, model: type, *, listed: bool = True) -
                 (visibility != Visibility.PRIVATE.value) & model.workspace_id.in_(list(principal.roles))  # type: ignore[attr-defined]
             )
     return or_(*clauses) if clauses else false()
+
+
+def readable_workspace_filter(principal: Principal, model: type) -> ColumnElement[bool]:
+    """SQL for rows with no visibility of their own (jobs): readable by their owner and workspace members."""
+    if principal.is_admin:
+        return true()
+    clauses = []
+    if principal.user_id is not None:
+        clauses.append(model.owner_id == principal.user_id)  # type: ignore[attr-defined]
+    if principal.roles:
+        clauses.append(model.workspace_id.in_(list(principal.roles)))  # type: ignore[attr-defined]
+    return or_(*clauses) if clauses else false()
+
+
+def can_read_in_workspace(principal: Principal, workspace_id: str, owner_id: str | None) -> bool:
+    """Rows with no visibility of their own (jobs, workflows), one at a time: the same rule as
+    :func:`readable_workspace_filter`."""
+    if principal.is_admin:
+        return True
+    if principal.user_id is None:
+        return False
+    return owner_id == principal.user_id or principal.role_in(workspace_id) is not None
+
+
+def readable_events_filter(principal: Principal, model: type) -> ColumnElement[bool]:
+    """SQL for events a principal may tail: those of the workspaces they belong to (all, for admins). Rows
+    that pass are then checked one by one with :func:`can_read_event`."""
+    if principal.is_admin:
+        return true()
+    if principal.user_id is None or not principal.roles:
+        return false()
+    return model.workspace_id.in_(list(principal.roles))  # type: ignore[attr-defined]
+
+
+class _EntityState:
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        self.workspace_id = str(state.get("workspace_id", ""))
+        self.owner_id = str(state.get("owner_id") or "")
+        self.visibility = str(state.get("visibility", Visibility.PRIVATE.value))
+
+
+def can_read_event(principal: Principal, workspace_id: str | None, state: Mapping[str, Any] | None) -> bool:
+    """Whether a principal may see an event: they belong to its workspace and, when the event carries the
+    state of something with a visibility of its own (a DTU, an artifact, a lens item), may read that too,
+    so the log never shows a private thing to someone who could not open it."""
+    if principal.is_admin:
+        return True
+    if workspace_id is None or principal.role_in(workspace_id) is None:
+        return False
+    if state is not None and "visibility" in state:
+        return can_read(principal, _EntityState(state))
+    return True

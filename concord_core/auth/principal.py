@@ -18,6 +18,7 @@ class Principal:
     is_admin: bool = False
     scopes: frozenset[str] = frozenset({READ_SCOPE, WRITE_SCOPE})
     default_workspace_id: str | None = None
+    session_id: str | None = None  # the sign-in session behind a token, for logout
 
     @property
     def is_authenticated(self) -> bool:

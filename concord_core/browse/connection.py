@@ -1,7 +1,8 @@
 """Keyset pagination over any SQLAlchemy query: Relay's first/after and last/before.
 
 Pages are found by comparing sort keys, never by OFFSET, so a deep page costs what the first page costs,
-and a row inserted meanwhile never shifts what the next page holds. The last sort column must be unique.
+and a row inserted meanwhile never shifts what the next page holds. The last sort key must be unique.
+Sort keys may be columns or expressions (a search rank); their values are selected beside each row.
 """
 
 from __future__ import annotations
@@ -11,22 +12,24 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
 from concord_core.browse.cursor import decode_cursor, encode_cursor
 from concord_core.operators.errors import ErrorCode, OperatorError
 
 T = TypeVar("T")
+#: A SELECT of any columns (SQLAlchemy 2.1 types a Select by the tuple of what it returns).
+AnySelect = Select[*tuple[Any, ...]]
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
 
 
 @dataclass(frozen=True)
 class Ordering:
-    """A named sort order: columns with their directions; the last column is a unique tie-breaker."""
+    """A named sort order: keys in one direction; the last key is a unique tie-breaker."""
 
     name: str
-    columns: Sequence[InstrumentedAttribute[Any]]
+    columns: Sequence[ColumnElement[Any]]
     descending: bool = True
 
 
@@ -64,7 +67,7 @@ def page_size(first: int | None, last: int | None) -> tuple[int, bool]:
 
 def paginate(
     session: Session,
-    query: Select[Any],
+    query: AnySelect,
     ordering: Ordering,
     *,
     first: int | None = None,
@@ -74,7 +77,7 @@ def paginate(
 ) -> Page[Any]:
     """One page of ``query`` (a select of one ORM entity) in ``ordering``."""
     size, backwards = page_size(first, last)
-    columns = ordering.columns
+    columns = list(ordering.columns)
     descending = ordering.descending
     if after:
         query = query.where(_after(columns, decode_cursor(after, ordering.name, len(columns)), descending))
@@ -83,21 +86,20 @@ def paginate(
             _after(columns, decode_cursor(before, ordering.name, len(columns)), not descending)
         )
     reverse = descending != backwards  # SQL order: backwards pages are read in reverse, then flipped
-    query = query.order_by(*(c.desc() if reverse else c.asc() for c in columns)).limit(size + 1)
-    rows = list(session.scalars(query))
+    query = query.add_columns(*columns).order_by(*(c.desc() if reverse else c.asc() for c in columns))
+    rows = list(session.execute(query.limit(size + 1)).all())
     more = len(rows) > size
     rows = rows[:size]
     if backwards:
         rows.reverse()
-    cursors = [encode_cursor(ordering.name, tuple(getattr(row, c.key) for c in columns)) for row in rows]
     return Page(
-        items=rows,
-        cursors=cursors,
+        items=[row[0] for row in rows],
+        cursors=[encode_cursor(ordering.name, tuple(row[1:])) for row in rows],
         has_next_page=more if not backwards else bool(before),
         has_previous_page=more if backwards else bool(after),
     )
 
 
-def count(session: Session, query: Select[Any]) -> int:
+def count(session: Session, query: AnySelect) -> int:
     """The number of rows ``query`` matches (before paging)."""
     return int(session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0)

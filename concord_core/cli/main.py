@@ -4,18 +4,49 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import getpass
+import ipaddress
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
+from concord_core.cli.jobs import add_job_commands
 from concord_core.db.engine import Database
-from concord_core.settings import Settings, SettingsError, load_settings
+from concord_core.settings import AuthMode, Settings, SettingsError, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def _database(settings: Settings) -> Database:
     return Database(settings.resolved_database_url)
+
+
+class NotMigrated(Exception):
+    pass
+
+
+@contextmanager
+def _migrated_session(settings: Settings) -> Iterator[Session]:
+    """A read session on a database at the code's schema; NotMigrated (a readable message) otherwise."""
+    from concord_core.db.migrate import SchemaTooNew, status
+
+    db = _database(settings)
+    try:
+        try:
+            state = status(db)
+        except SchemaTooNew as exc:
+            raise NotMigrated(str(exc)) from None
+        if not state.up_to_date:
+            raise NotMigrated(
+                f"the database is at {state.current or 'no schema'}, not {state.head}: run `concord migrate`"
+            )
+        with db.read() as session:
+            yield session
+    finally:
+        db.dispose()
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -51,6 +82,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     host = args.host or settings.host
     port = args.port or settings.port
+    if settings.auth_mode is AuthMode.PUBLIC and not is_loopback(host) and not settings.allow_public_bind:
+        print(
+            f"concord: refusing to listen on {host} in public mode, where anyone who can connect acts as the "
+            "owner; use CONCORD_AUTH_MODE=apikey or jwt, or set CONCORD_ALLOW_PUBLIC_BIND=1",
+            file=sys.stderr,
+        )
+        return 2
     uvicorn.run(create_app(runtime), host=host, port=port, log_config=None, access_log=False)
     return 0
 
@@ -88,7 +126,7 @@ def cmd_db_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_events_verify(args: argparse.Namespace, settings: Settings) -> int:
     from concord_core.events.log import verify_chain
 
-    with _database(settings).read() as session:
+    with _migrated_session(settings) as session:
         report = verify_chain(session)
     if report.ok:
         print(f"event log intact: {report.checked} events")
@@ -104,7 +142,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if not args.verify:
         print("concord replay: pass --verify to rebuild state from events and compare it with the tables")
         return 2
-    with _database(settings).read() as session:
+    with _migrated_session(settings) as session:
         report = verify_replay(session)
     if report.ok:
         print(f"replay matches the tables: {report.events} events, {report.rows} rows")
@@ -115,14 +153,11 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_lens_validate(args: argparse.Namespace, settings: Settings) -> int:
     from concord_core.api.gql.schema import KERNEL
-    from concord_core.plugins.manifest import load_manifest_file, validate_manifest
+    from concord_core.plugins.manifest import validate_manifest_files
     from concord_core.plugins.registry import build_registry, discover
 
-    problems = []
     if args.paths:
-        for path in args.paths:
-            manifest, found = load_manifest_file(Path(path))
-            problems += found or validate_manifest(manifest, Path(path).resolve().parent.name)
+        problems = validate_manifest_files([Path(path) for path in args.paths])
         checked = f"{len(args.paths)} manifest(s)"
     else:
         registry = build_registry(discover(), KERNEL)
@@ -176,6 +211,37 @@ def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_admin_create_user(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.api.runtime import Runtime
+    from concord_core.auth.principal import ANONYMOUS
+    from concord_core.db.migrate import upgrade
+    from concord_core.operators.accounts import admin_create_user
+    from concord_core.operators.errors import OperatorError
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("Password: ")
+    runtime = Runtime.open(settings)
+    try:
+        upgrade(runtime.db)
+        ctx = runtime.operation_context(ANONYMOUS)
+        user = admin_create_user(ctx, args.email, password, args.name or args.email, args.admin, system=True)
+    except OperatorError as exc:
+        print(f"concord: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.close()
+    print(f"created {'administrator' if user.is_admin else 'user'} {user.email} ({user.id})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="concord", description="Concord: knowledge, artifacts, jobs, lenses."
@@ -217,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_lens_validate)
     lens.add_parser("list", help="installed lenses with version and status").set_defaults(func=cmd_lens_list)
 
+    admin = commands.add_parser("admin", help="administration").add_subparsers(
+        dest="admin_command", required=True
+    )
+    create_user = admin.add_parser(
+        "create-user", help="create an account (e.g. the first admin of a closed instance)"
+    )
+    create_user.add_argument("--email", required=True)
+    create_user.add_argument("--name", help="display name (default: the email)")
+    create_user.add_argument("--admin", action="store_true", help="make the account an administrator")
+    create_user.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    create_user.set_defaults(func=cmd_admin_create_user)
+
     schema = commands.add_parser("schema", help="the composed GraphQL schema (SDL)")
     schema_commands = schema.add_subparsers(dest="schema_command", required=True)
     for name, check, text in (
@@ -226,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = schema_commands.add_parser(name, help=text)
         sub.add_argument("--file", default="schema.graphql", help="default: schema.graphql")
         sub.set_defaults(func=cmd_schema, check=check)
+
+    add_job_commands(commands)
     return parser
 
 
@@ -237,7 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"concord: {exc}", file=sys.stderr)
         return 2
     func: Command = args.func
-    return func(args, settings)
+    try:
+        return func(args, settings)
+    except NotMigrated as exc:
+        print(f"concord: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,6 +22,17 @@ from concord_core.db.engine import Database
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 
 
+#: The migration that created the derived browse indexes (entity_tags, browse_counts).
+BROWSE_INDEXES_REVISION = "0004"
+
+
+def managed_by_models(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic's include_object: leave out the full-text search objects that migrations create by hand
+    (SQLite FTS5 tables and their shadow tables, PostgreSQL tsvector columns and GIN indexes)."""
+    name = name or ""
+    return not (name.endswith("_search") or name == "search_vector" or "_fts" in name)
+
+
 class SchemaTooNew(Exception):
     """The database was migrated by a newer Concord than this one."""
 
@@ -87,4 +98,10 @@ def upgrade(db: Database) -> SchemaStatus:
     if db.is_sqlite and before.current is not None:
         backup_sqlite(db, before.current)
     command.upgrade(alembic_config(db.url), "head")
+    if before.current is not None and BROWSE_INDEXES_REVISION in before.pending:
+        # Rows from before the browse indexes existed: derive their tags and counters once.
+        from concord_core.browse.indexes import rebuild_all
+
+        with db.engine.begin() as connection:
+            rebuild_all(connection)
     return before

@@ -328,3 +328,93 @@ class AuditEntry(Base):
     client_addr: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16))  # allowed | denied | failed
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class AuthThrottle(Base):
+    """Failed sign-in attempts per account or client address, and until when further ones wait."""
+
+    __tablename__ = "auth_throttle"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)  # "account:<email>" | "addr:<ip>"
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime | None]
+
+
+# --- workflows ------------------------------------------------------------------------------------
+
+
+class Workflow(Timestamps, Base):
+    """A resumable chain of steps (plan D2): each ``job`` step runs as a job whose result is recorded before
+    the next step starts; a ``review`` step waits for a person to approve or reject it."""
+
+    __tablename__ = "workflows"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "idempotency_key", name="uq_workflows_idempotency"),
+        Index("ix_workflows_workspace_created", "workspace_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
+    workflow_type: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    input: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    input_hash: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    current_step: Mapped[int] = mapped_column(Integer, default=0)
+    step_count: Mapped[int] = mapped_column(Integer)
+    output: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[datetime | None]
+
+
+class WorkflowStep(Base):
+    __tablename__ = "workflow_steps"
+
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # job | review
+    job_type: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    output: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+# --- browse indexes (derived; rebuilt by `concord browse rebuild`) --------------------------------------
+
+
+class EntityTag(Base):
+    """One tag of one browsable row, so tag filters and tag facets use an index on both databases."""
+
+    __tablename__ = "entity_tags"
+    __table_args__ = (Index("ix_entity_tags_source_tag", "source", "tag", "entity_id"),)
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)  # the browsable: dtus, artifacts, ...
+    entity_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class BrowseCount(Base):
+    """How many rows of a browsable fall in one access bucket (visibility, workspace, owner) and have one
+    facet value; facet "" counts the rows themselves. Kept in the write transaction, so unfiltered totals
+    and facets are sums over a few buckets instead of scans over millions of rows."""
+
+    __tablename__ = "browse_counts"
+    __table_args__ = (
+        Index("ix_browse_counts_lookup", "source", "facet", "visibility", "workspace_id", "owner_id"),
+    )
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    facet: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200), primary_key=True)
+    visibility: Mapped[str] = mapped_column(String(16), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    owner_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -162,6 +164,8 @@ def create_artifact(
 ) -> tuple[Artifact, ArtifactVersion]:
     request = validate(CreateArtifactInput, data)
     workspace_id = ctx.workspace_for(request.workspace_id)
+    with _before_storing(ctx, "artifact.create") as check:
+        check.authorize(Action.CREATE, WorkspaceTarget(workspace_id), "workspace", workspace_id)
     blob = store_blob(ctx, stream)
     with write(ctx, "artifact.create") as change:
         artifact = _new_artifact(change, request, workspace_id, request.media_type)
@@ -173,20 +177,35 @@ def add_artifact_version(
     ctx: OperationContext, data: dict[str, Any], stream: BinaryIO, job_id: str | None = None
 ) -> tuple[Artifact, ArtifactVersion]:
     request = validate(AddVersionInput, data)
-    with ctx.db.read() as session:
-        get_artifact(ctx, session, request.artifact_id)  # refuse before storing anything
+    with _before_storing(ctx, "artifact.upload") as check:
+        artifact = _load(check.session, request.artifact_id)
+        check.authorize(Action.EDIT, artifact, "artifact", artifact.id)
+        _expect_version(artifact, request.expected_version)
     blob = store_blob(ctx, stream)
     with write(ctx, "artifact.upload") as change:
         artifact = _load(change.session, request.artifact_id)
         change.authorize(Action.EDIT, artifact, "artifact", artifact.id)
-        if request.expected_version is not None and artifact.current_version != request.expected_version:
-            raise OperatorError.single(
-                ErrorCode.CONFLICT,
-                f"the artifact is at version {artifact.current_version}, not {request.expected_version}",
-                "expectedVersion",
-            )
+        _expect_version(artifact, request.expected_version)
         version = _add_version(change, artifact, blob, request, job_id)
     return artifact, version
+
+
+@contextmanager
+def _before_storing(ctx: OperationContext, action: str) -> Iterator[Change]:
+    """The checks of ``action`` as a dry run (a denial is audited as usual), so that a request refused
+    for its IDs, access or version stores no blob; the write itself checks again."""
+    with write(ctx, action) as check:
+        check.dry_run = True
+        yield check
+
+
+def _expect_version(artifact: Artifact, expected: int | None) -> None:
+    if expected is not None and artifact.current_version != expected:
+        raise OperatorError.single(
+            ErrorCode.CONFLICT,
+            f"the artifact is at version {artifact.current_version}, not {expected}",
+            "expectedVersion",
+        )
 
 
 def publish_artifact(ctx: OperationContext, artifact_id: str, visibility: str) -> Artifact:
@@ -278,3 +297,29 @@ def export_dtus(
         version = _add_version(change, artifact, blob, request)
         change.audit("artifact", artifact.id, workspace_id, dtus=len(dtu_ids))
     return artifact, version
+
+
+def add_job_output(
+    change: Change,
+    *,
+    job_id: str,
+    workspace_id: str,
+    blob: BlobRef,
+    name: str,
+    media_type: str,
+    label: str,
+    artifact_id: str | None = None,
+) -> tuple[Artifact, ArtifactVersion]:
+    """A job's output inside the caller's change (which also links it to the job): a new artifact in
+    ``workspace_id`` (its kind from the media type), or a new version of ``artifact_id``. The blob is
+    already stored."""
+    request = validate(
+        CreateArtifactInput,
+        {"name": name, "label": label, "media_type": media_type, "workspace_id": workspace_id},
+    )
+    if artifact_id is None:
+        artifact = _new_artifact(change, request, workspace_id, request.media_type)
+    else:
+        artifact = _load(change.session, artifact_id)
+        change.authorize(Action.EDIT, artifact, "artifact", artifact.id)
+    return artifact, _add_version(change, artifact, blob, request, job_id)

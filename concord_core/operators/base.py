@@ -18,12 +18,14 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from concord_core.auth.policy import AccessDenied, Action, Owned, WorkspaceTarget, authorize
+from concord_core.auth.policy import AccessDenied, Action, InstanceTarget, Owned, WorkspaceTarget, authorize
 from concord_core.auth.principal import Principal
+from concord_core.browse import indexes as _browse_indexes  # noqa: F401  (its flush hook keeps them current)
 from concord_core.db.engine import Database
-from concord_core.db.models import AuditEntry
+from concord_core.db.models import AuditEntry, Workspace
 from concord_core.events.log import append_event
 from concord_core.observability.context import current
+from concord_core.observability.metrics import counter
 from concord_core.operators.errors import ErrorCode, OperatorError, from_validation_error, not_found
 from concord_core.plugins.registry import LensRegistry
 from concord_core.settings import Settings
@@ -85,13 +87,24 @@ class Change:
     dry_run: bool = False
 
     def authorize(
-        self, action: Action, resource: Owned | WorkspaceTarget, target_type: str, target_id: str
+        self,
+        action: Action,
+        resource: Owned | WorkspaceTarget | InstanceTarget,
+        target_type: str,
+        target_id: str,
     ) -> None:
         self.audit_target = (target_type, target_id, resource.workspace_id)
         try:
             authorize(self.ctx.principal, action, resource)
         except AccessDenied as exc:
             raise _Denied(exc, target_type, target_id, resource.workspace_id) from None
+        if (
+            isinstance(resource, WorkspaceTarget)
+            and self.session.get(Workspace, resource.workspace_id) is None
+        ):
+            # Only an admin passes the policy for a workspace that does not exist; without this check the
+            # insert would fail on its foreign key as an internal error instead of NOT_FOUND.
+            raise not_found("workspace", "workspaceId")
 
     def emit(
         self,
@@ -146,24 +159,40 @@ class _Denied(Exception):
         self.target = (target_type, target_id, workspace_id)
 
 
-def record_denial(
-    ctx: OperationContext, action: str, target: tuple[str | None, str | None, str | None], reason: str
+ACCESS_DENIED = counter("concord_access_denied_total", "Operations the policy refused.", ["action"])
+
+
+def record_outcome(
+    ctx: OperationContext,
+    action: str,
+    target: tuple[str | None, str | None, str | None],
+    outcome: str,
+    detail: dict[str, Any],
+    actor_id: str | None = None,
 ) -> None:
+    """An audit row, in its own transaction, for an attempt that changed nothing (denial, failed sign-in)."""
     request = current()
     with ctx.db.write() as session:
         session.add(
             AuditEntry(
-                actor_id=ctx.principal.user_id,
+                actor_id=actor_id or ctx.principal.user_id,
                 action=action,
                 target_type=target[0],
                 target_id=target[1],
                 workspace_id=target[2],
                 request_id=request.request_id,
                 client_addr=request.client_addr,
-                outcome="denied",
-                detail={"reason": reason},
+                outcome=outcome,
+                detail=detail,
             )
         )
+
+
+def record_denial(
+    ctx: OperationContext, action: str, target: tuple[str | None, str | None, str | None], reason: str
+) -> None:
+    ACCESS_DENIED.labels(action=action).inc()
+    record_outcome(ctx, action, target, "denied", {"reason": reason})
 
 
 @contextmanager

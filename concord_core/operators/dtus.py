@@ -359,6 +359,7 @@ def dedupe_dtus(
     """Find active DTUs with the same content hash and merge each group into its oldest member."""
     workspace = ctx.workspace_for(workspace_id)
     with write(ctx, "dtu.dedupe") as change:
+        change.dry_run = dry_run
         change.authorize(Action.CREATE, WorkspaceTarget(workspace), "workspace", workspace)
         rows = change.session.scalars(
             select(Dtu)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from concord_core.auth.policy import Action, Visibility, WorkspaceTarget, can_read
@@ -210,6 +211,16 @@ def sync_to_lens(
     if not sources:
         raise OperatorError.single(ErrorCode.VALIDATION, "name at least one DTU or artifact", "ids")
     types = {kind: _sync_type(ctx, lens_id, kind, item_type) for kind in {kind for kind, _ in sources}}
+    try:
+        return _sync(ctx, lens_id, sources, types)
+    except IntegrityError:
+        # Someone synced one of these sources at the same moment; now it exists, so this is a repeat.
+        return _sync(ctx, lens_id, sources, types)
+
+
+def _sync(
+    ctx: OperationContext, lens_id: str, sources: list[tuple[SourceKind, str]], types: dict[SourceKind, str]
+) -> list[LensItem]:
     with write(ctx, "lens.sync") as change:
         items = []
         for index, (kind, source_id) in enumerate(sources):
@@ -238,6 +249,11 @@ def sync_to_lens(
                 )
             )
         change.audit("lens", lens_id, None, lens_id=lens_id, synced=len(items))
+        if not change.events:
+            # Every source was synced before: a repeat is a read, so it writes nothing (not even an audit
+            # entry). Detached first, the items keep their loaded state through the rollback.
+            change.session.expunge_all()
+            change.dry_run = True
     return items
 
 

@@ -3,7 +3,13 @@
 Lens authors need only :data:`hookimpl`, :class:`GraphQLContribution` and :class:`JobContext`.
 """
 
-from concord_core.plugins.contract import GraphQLContribution, JobCancelled, JobContext, JobHandler
+from concord_core.plugins.contract import (
+    GraphQLContribution,
+    JobCancelled,
+    JobContext,
+    JobHandler,
+    PermanentJobError,
+)
 from concord_core.plugins.markers import ENTRY_POINT_GROUP, PROJECT_NAME, hookimpl, hookspec
 from concord_core.plugins.problems import Problem, ProblemCode
 
@@ -14,6 +20,7 @@ __all__ = [
     "JobCancelled",
     "JobContext",
     "JobHandler",
+    "PermanentJobError",
     "Problem",
     "ProblemCode",
     "hookimpl",

@@ -37,6 +37,11 @@ class JobCancelled(Exception):
     was cancelled; the runner records the job as cancelled."""
 
 
+class PermanentJobError(Exception):
+    """Raise inside a handler to fail the job at once, without retrying: retrying cannot help (bad input, a
+    source that does not exist). Any other exception is retried, with backoff, until ``maxAttempts``."""
+
+
 class JobContext(Protocol):
     """What a job handler gets: its last checkpoint, and ways to save progress and artifacts.
 

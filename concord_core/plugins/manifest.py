@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -15,6 +16,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 import concord_core
 from concord_core.plugins.problems import Problem, ProblemCode
@@ -59,23 +63,63 @@ def _pointer(parts: Any) -> str:
     return "/" + "/".join(str(part) for part in parts)
 
 
-def _schema_problem(lens_id: str, error: ValidationError) -> Problem:
+def _schema_problems(lens_id: str, error: ValidationError) -> list[Problem]:
     path = _pointer(error.absolute_path)
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return Problem(
-            lens_id, _pointer([*error.absolute_path, missing]), ProblemCode.MISSING_FIELD, error.message
-        )
-    if error.validator == "additionalProperties":
-        code = (
-            ProblemCode.UNKNOWN_CAPABILITY
-            if list(error.absolute_path) == ["capabilities"]
-            else (ProblemCode.UNKNOWN_FIELD)
-        )
-        return Problem(lens_id, path, code, error.message)
+        return [
+            Problem(
+                lens_id, _pointer([*error.absolute_path, missing]), ProblemCode.MISSING_FIELD, error.message
+            )
+        ]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        # One problem per unknown key, at its own path ("/capabilities/teleport"), so each can be fixed.
+        capability = list(error.absolute_path) == ["capabilities"]
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        return [
+            Problem(
+                lens_id,
+                _pointer([*error.absolute_path, key]),
+                ProblemCode.UNKNOWN_CAPABILITY if capability else ProblemCode.UNKNOWN_FIELD,
+                f"{'capability' if capability else 'field'} {key!r} is not allowed here",
+            )
+            for key in error.instance
+            if key not in known
+        ]
     if error.validator == "type":
-        return Problem(lens_id, path, ProblemCode.WRONG_TYPE, error.message)
-    return Problem(lens_id, path, ProblemCode.INVALID_VALUE, error.message)
+        return [Problem(lens_id, path, ProblemCode.WRONG_TYPE, error.message)]
+    return [Problem(lens_id, path, ProblemCode.INVALID_VALUE, error.message)]
+
+
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})  # their values are data, not schemas
+
+
+def _refs(schema: Any) -> Iterator[str]:
+    """Every ``$ref`` in a schema, except inside subschemas with an ``$id`` of their own."""
+    if isinstance(schema, dict):
+        if isinstance(schema.get("$ref"), str):
+            yield schema["$ref"]
+        for key, value in schema.items():
+            if key not in _DATA_KEYWORDS and not (isinstance(value, dict) and "$id" in value):
+                yield from _refs(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            yield from _refs(value)
+
+
+def _unresolvable_refs(schema: dict[str, Any]) -> list[str]:
+    """The ``$ref``s that point nowhere (jsonschema resolves them lazily, so one would otherwise only fail
+    when an item reaches it; nothing is fetched from the network)."""
+    resource = DRAFT202012.create_resource(schema)
+    base = resource.id() or ""
+    resolver = Registry().with_resource(base, resource).resolver(base)
+    missing = []
+    for ref in _refs(schema):
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            missing.append(ref)
+    return missing
 
 
 def _duplicates(lens_id: str, manifest: dict[str, Any], section: str, key: str) -> list[Problem]:
@@ -132,9 +176,27 @@ def _rules(lens_id: str, manifest: dict[str, Any]) -> list[Problem]:
                 Problem(lens_id, f"/dataTypes/{index}/schema", ProblemCode.INVALID_DATA_SCHEMA, exc.message)
             )
             continue
+        missing = _unresolvable_refs(entry["schema"])
+        if missing:
+            problems.append(
+                Problem(
+                    lens_id,
+                    f"/dataTypes/{index}/schema",
+                    ProblemCode.INVALID_DATA_SCHEMA,
+                    f"$ref {', '.join(map(repr, missing))} cannot be resolved",
+                )
+            )
+            continue
         item_validator = Draft202012Validator(entry["schema"])
         for seed_index, seed in enumerate(entry.get("seed", [])):
-            for error in item_validator.iter_errors(seed):
+            try:
+                errors = list(item_validator.iter_errors(seed))
+            except Unresolvable as exc:  # a $ref under a nested $id that points nowhere
+                problems.append(
+                    Problem(lens_id, f"/dataTypes/{index}/schema", ProblemCode.INVALID_DATA_SCHEMA, str(exc))
+                )
+                break
+            for error in errors:
                 problems.append(
                     Problem(
                         lens_id,
@@ -196,7 +258,7 @@ def lens_id_of(manifest: Any, fallback: str) -> str:
 def validate_manifest(manifest: Any, fallback_id: str = "?") -> list[Problem]:
     """Every problem with a parsed manifest; an empty list means it is valid on its own."""
     lens_id = lens_id_of(manifest, fallback_id)
-    problems = sorted(_schema_problem(lens_id, e) for e in _validator().iter_errors(manifest))
+    problems = sorted(p for e in _validator().iter_errors(manifest) for p in _schema_problems(lens_id, e))
     if problems:
         return problems
     return _rules(lens_id, manifest)
@@ -213,3 +275,21 @@ def load_manifest_file(path: Path) -> tuple[Any, list[Problem]]:
         return None, [Problem(fallback, "/", ProblemCode.NO_MANIFEST, f"{path} does not exist")]
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return None, [Problem(fallback, "/", ProblemCode.NOT_JSON, f"{path} is not JSON: {exc}")]
+
+
+def validate_manifest_files(paths: list[Path]) -> list[Problem]:
+    """Every problem with the given manifests (or lens folders), including a lensId two of them share."""
+    problems: list[Problem] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        manifest, found = load_manifest_file(path)
+        fallback = (path if path.is_dir() else path.parent).resolve().name
+        problems += found or validate_manifest(manifest, fallback)
+        lens_id = lens_id_of(manifest, "")
+        if lens_id in seen:
+            problems.append(
+                Problem(lens_id, "/lensId", ProblemCode.DUPLICATE_LENS_ID, f"{seen[lens_id]} also uses it")
+            )
+        elif lens_id:
+            seen[lens_id] = path
+    return problems

@@ -33,6 +33,8 @@ class ProblemCode(enum.StrEnum):
     NOT_A_STRAWBERRY_TYPE = "graphql.not_a_type"
     FIELD_COLLISION = "graphql.field_collision"
     TYPE_COLLISION = "graphql.type_collision"
+    NOT_A_BROWSABLE = "global.not_a_browsable"
+    BROWSABLE_COLLISION = "global.browsable_collision"
 
 
 @dataclass(frozen=True, order=True)

@@ -10,16 +10,18 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pluggy
 from jsonschema import Draft202012Validator
 
+from concord_core.browse.source import Browsable
+from concord_core.browse.sources import KERNEL_BROWSABLES
 from concord_core.plugins import hookspecs
 from concord_core.plugins.contract import GraphQLContribution, JobHandler
-from concord_core.plugins.graphql_names import NotAStrawberryType, collect
+from concord_core.plugins.graphql_names import BUILTIN_TYPES, NotAStrawberryType, collect
 from concord_core.plugins.manifest import lens_id_of, validate_manifest
 from concord_core.plugins.markers import ENTRY_POINT_GROUP, PROJECT_NAME
 from concord_core.plugins.problems import Problem, ProblemCode
@@ -123,12 +125,25 @@ class _LoadFailure:
     error: str
 
 
-def _call(manager: pluggy.PluginManager, hook: str, lens: Lens) -> Any:
+def _call(manager: pluggy.PluginManager, hook: str, lens: Lens, expected: type | None = None) -> Any:
+    """A hook's result; None (and a problem on the lens) if it raised or returned something else than
+    ``expected``, so one broken lens never breaks loading the others."""
     try:
-        return getattr(manager.hook, hook)()
+        result = getattr(manager.hook, hook)()
     except Exception as exc:  # a crashing hook is the lens's problem, reported as such
         lens.problems.append(Problem(lens.lens_id, "/", ProblemCode.HOOK_FAILED, f"{hook}() raised {exc!r}"))
         return None
+    if result is not None and expected is not None and not isinstance(result, expected):
+        lens.problems.append(
+            Problem(
+                lens.lens_id,
+                "/",
+                ProblemCode.HOOK_FAILED,
+                f"{hook}() returned a {type(result).__name__}, not a {expected.__name__}",
+            )
+        )
+        return None
+    return result
 
 
 def load_lens(source: str, plugin: object) -> Lens:
@@ -158,12 +173,13 @@ def load_lens(source: str, plugin: object) -> Lens:
     if problems:
         return lens
     lens.manifest = manifest
-    graphql = _call(manager, "concord_graphql_types", lens)
+    graphql = _call(manager, "concord_graphql_types", lens, GraphQLContribution)
     if graphql is not None:
         lens.graphql = graphql
-    lens.job_handlers = dict(_call(manager, "concord_job_handlers", lens) or {})
-    lens.browsables = list(_call(manager, "concord_browsables", lens) or [])
-    lens.problems += _check_handlers(lens)
+    lens.job_handlers = dict(_call(manager, "concord_job_handlers", lens, Mapping) or {})
+    lens.browsables = list(_call(manager, "concord_browsables", lens, Sequence) or [])
+    if not lens.problems:  # after a failed hook, "missing handler" would only repeat that failure
+        lens.problems += _check_handlers(lens)
     return lens
 
 
@@ -216,8 +232,9 @@ def _check_graphql(lenses: Iterable[Lens], kernel: GraphQLContribution) -> None:
     kernel_names = collect(_roots(kernel), kernel.types)
     fields: dict[tuple[str, str], str] = dict.fromkeys(kernel_names.root_fields, "the kernel")
     types: dict[str, tuple[object, str]] = {
-        name: (origin, "the kernel") for name, origin in kernel_names.types.items()
+        name: (origin, "GraphQL") for name, origin in BUILTIN_TYPES.items()
     }
+    types.update({name: (origin, "the kernel") for name, origin in kernel_names.types.items()})
     mutations = {name for root, name in kernel_names.root_fields if root == "mutation"}
     for lens in lenses:
         if lens.problems:
@@ -227,7 +244,15 @@ def _check_graphql(lenses: Iterable[Lens], kernel: GraphQLContribution) -> None:
         except NotAStrawberryType as exc:
             lens.problems.append(Problem(lens.lens_id, "/", ProblemCode.NOT_A_STRAWBERRY_TYPE, str(exc)))
             continue
-        problems = []
+        problems = [
+            Problem(
+                lens.lens_id,
+                "/",
+                ProblemCode.TYPE_COLLISION if clash.startswith("type ") else ProblemCode.FIELD_COLLISION,
+                f"{clash} is defined twice by this lens",
+            )
+            for clash in names.clashes
+        ]
         for key in names.root_fields:
             if key in fields:
                 problems.append(
@@ -239,7 +264,7 @@ def _check_graphql(lenses: Iterable[Lens], kernel: GraphQLContribution) -> None:
                     )
                 )
         for name, origin in names.types.items():
-            if name in types and types[name][0] is not origin:
+            if name in types and types[name][0] != origin:
                 problems.append(
                     Problem(
                         lens.lens_id,
@@ -287,7 +312,40 @@ def build_registry(plugins: Iterable[tuple[str, object]], kernel: GraphQLContrib
         else:
             seen[lens.lens_id] = lens
     _check_graphql(lenses, kernel)
+    _check_browsables(lenses)
     return LensRegistry(lenses, load_seconds=time.perf_counter() - started)
+
+
+def _check_browsables(lenses: Iterable[Lens]) -> None:
+    """Each lens's Global sources must be Browsable descriptions with names no one else uses."""
+    owners = {browsable.name: "the kernel" for browsable in KERNEL_BROWSABLES}
+    for lens in lenses:
+        if lens.problems:
+            continue
+        problems = []
+        for index, browsable in enumerate(lens.browsables):
+            if not isinstance(browsable, Browsable):
+                problems.append(
+                    Problem(
+                        lens.lens_id,
+                        "/",
+                        ProblemCode.NOT_A_BROWSABLE,
+                        f"concord_browsables()[{index}] is not a concord_core.browse.Browsable",
+                    )
+                )
+            elif browsable.name in owners:
+                problems.append(
+                    Problem(
+                        lens.lens_id,
+                        "/",
+                        ProblemCode.BROWSABLE_COLLISION,
+                        f"Global source {browsable.name!r} is already defined by {owners[browsable.name]}",
+                    )
+                )
+        if problems:
+            lens.problems += problems
+        else:
+            owners.update({browsable.name: f"lens {lens.lens_id!r}" for browsable in lens.browsables})
 
 
 def load_registry(

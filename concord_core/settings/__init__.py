@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CONCORD_"
@@ -53,6 +53,43 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     skip_invalid_lenses: bool = False
+
+    job_threads: int = Field(
+        4, ge=0, le=64, description="In-process job runner threads (used without Redis); 0 runs no jobs."
+    )
+    job_lease_seconds: float = Field(
+        15.0,
+        ge=0.5,
+        le=3600,
+        description="A running job's lease; a worker silent this long is presumed dead.",
+    )
+    job_retry_base_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="Delay before a failed job's first retry; doubles each attempt (jittered).",
+    )
+    job_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often the reaper, relay and live-update fallback look at the jobs table.",
+    )
+    redis_namespace: str = Field(
+        "concord",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Prefix of Concord's RQ queues and channels.",
+    )
+
+    registration: bool = Field(False, description="Whether people may sign up (jwt mode).")
+    allow_public_bind: bool = Field(False, description="Let public mode listen on a non-loopback address.")
+    jwt_secret: str | None = Field(None, description="HMAC key for tokens; required in jwt mode (32+ chars).")
+    jwt_issuer: str = "concord"
+    jwt_audience: str = "concord-api"
+    access_token_seconds: int = Field(900, ge=30, le=86400)
+    refresh_token_seconds: int = Field(30 * 86400, ge=300, le=365 * 86400)
+    password_min_length: int = Field(10, ge=8, le=128)
+    login_free_attempts: int = Field(5, ge=1, le=100, description="Failures before delays start.")
 
     @field_validator("database_url")
     @classmethod
@@ -99,6 +136,12 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, path or virtual")
         return value
 
+    @model_validator(mode="after")
+    def _jwt_needs_secret(self) -> Settings:
+        if self.auth_mode is AuthMode.JWT and (not self.jwt_secret or len(self.jwt_secret) < 32):
+            raise ValueError("CONCORD_JWT_SECRET must be set to at least 32 characters in jwt mode")
+        return self
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -127,8 +170,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
+            if error["loc"]:
+                problems.append(f"{ENV_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}")
+            else:  # a rule across fields; its message names the variables
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
 
 

@@ -6,12 +6,11 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from sqlalchemy import select
 from strawberry.file_uploads import Upload
 
 from concord_core.api.gql.context import GqlInfo
-from concord_core.api.gql.dtus import input_to_dict
-from concord_core.api.gql.errors import FieldErrorType, payload_errors
+from concord_core.api.gql.dtus import client_errors, input_to_dict
+from concord_core.api.gql.errors import FieldErrorType
 from concord_core.api.gql.ids import expect_global_id, to_global_id
 from concord_core.api.gql.nodes import Node, register_node
 from concord_core.auth.policy import Visibility
@@ -82,20 +81,15 @@ class Artifact(Node):
 
     @strawberry.field(description="Every version, oldest first.")
     async def versions(self, info: GqlInfo) -> list[ArtifactVersion]:
-        def load(session: Any) -> list[models.ArtifactVersion]:
-            query = select(models.ArtifactVersion).where(models.ArtifactVersion.artifact_id == self.key)
-            return list(session.scalars(query.order_by(models.ArtifactVersion.version)))
-
-        return [ArtifactVersion.from_row(row) for row in await info.context.read(load)]
+        return [
+            ArtifactVersion.from_row(row)
+            for row in await info.context.loaders.artifact_versions.load(self.key)
+        ]
 
     @strawberry.field(description="The newest version, if any was uploaded.")
     async def latest(self, info: GqlInfo) -> ArtifactVersion | None:
-        if self.current_version == 0:
-            return None
-        row = await info.context.read(
-            lambda s: s.get(models.ArtifactVersion, (self.key, self.current_version))
-        )
-        return ArtifactVersion.from_row(row) if row else None
+        versions = await info.context.loaders.artifact_versions.load(self.key)
+        return ArtifactVersion.from_row(versions[-1]) if versions else None
 
 
 async def load_artifact(info: GqlInfo, key: str) -> Artifact | None:
@@ -147,7 +141,7 @@ async def _artifact_mutation(info: GqlInfo, work: Any) -> ArtifactPayload:
     try:
         artifact, version = await info.context.run(work)
     except OperatorError as exc:
-        return ArtifactPayload(errors=payload_errors(exc))
+        return ArtifactPayload(errors=client_errors(exc))
     return ArtifactPayload(
         artifact=Artifact.from_row(artifact), version=ArtifactVersion.from_row(version) if version else None
     )

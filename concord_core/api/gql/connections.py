@@ -1,17 +1,25 @@
-"""Relay connection types, generic over the node type (``DtuConnection``, ``LensItemConnection``, ...)."""
+"""Relay connections for every browsable (``DtuConnection``, ``ArtifactConnection``, ...), with
+``totalCount`` and ``facets`` computed only when selected, by the browse service."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import strawberry
-from sqlalchemy import Select
 
 from concord_core.api.gql.context import GqlInfo
-from concord_core.browse.connection import Page, count
+from concord_core.api.gql.ids import to_global_id
+from concord_core.auth.principal import Principal
+from concord_core.browse.connection import Page
+from concord_core.browse.service import DEFAULT_FACET_VALUES, BrowseRequest, FacetResult
+from concord_core.browse.source import Browsable
 
 NodeT = TypeVar("NodeT")
+
+#: Facets whose values are row ids, shown to clients as global ids of these types.
+ID_FACETS = {"workspace": "Workspace", "owner": "User"}
 
 
 @strawberry.type
@@ -28,11 +36,50 @@ class Edge(Generic[NodeT]):
     node: NodeT
 
 
+@strawberry.type(description="One value of a facet and how many matching items have it.")
+class FacetValue:
+    value: str
+    count: int
+
+
+@strawberry.type(
+    description="Counts per value of one field over all matching items you can read. "
+    "Disjunctive: a field's counts ignore that field's own filter."
+)
+class Facet:
+    field: str
+    values: list[FacetValue]
+    truncated: bool = strawberry.field(description="More values exist than were returned.")
+    timed_out: bool = strawberry.field(description="Counting ran past its time budget; values are empty.")
+
+    @classmethod
+    def from_result(cls, result: FacetResult) -> Facet:
+        type_name = ID_FACETS.get(result.field)
+        return cls(
+            field=result.field,
+            values=[
+                FacetValue(value=to_global_id(type_name, v.value) if type_name else v.value, count=v.count)
+                for v in result.values
+            ],
+            truncated=result.truncated,
+            timed_out=result.timed_out,
+        )
+
+
+@dataclass(frozen=True)
+class BrowseScope:
+    """What a connection was asked for, kept so totalCount and facets answer the same question."""
+
+    principal: Principal
+    browsable: Browsable
+    request: BrowseRequest
+
+
 @strawberry.type
 class Connection(Generic[NodeT]):
     edges: list[Edge[NodeT]]
     page_info: PageInfo
-    query: strawberry.Private[Select[Any]]
+    scope: strawberry.Private[BrowseScope]
 
     @strawberry.field
     def nodes(self) -> list[NodeT]:
@@ -40,11 +87,27 @@ class Connection(Generic[NodeT]):
 
     @strawberry.field(description="How many items match, over all pages (computed only when asked for).")
     async def total_count(self, info: GqlInfo) -> int:
-        return await info.context.read(count, self.query)
+        browse = info.context.runtime.browse
+        scope = self.scope
+        return await info.context.read(browse.total, scope.principal, scope.browsable, scope.request)
+
+    @strawberry.field(
+        description="Counts per value of the named fields (default: all this list offers), "
+        "top `limit` values each (at most 100)."
+    )
+    async def facets(
+        self, info: GqlInfo, fields: list[str] | None = None, limit: int = DEFAULT_FACET_VALUES
+    ) -> list[Facet]:
+        browse = info.context.runtime.browse
+        scope = self.scope
+        results = await info.context.run(
+            browse.facets, scope.principal, scope.browsable, scope.request, fields, limit
+        )
+        return [Facet.from_result(result) for result in results]
 
     @classmethod
     def from_page(
-        cls, page: Page[Any], query: Select[Any], to_node: Callable[[Any], NodeT]
+        cls, page: Page[Any], scope: BrowseScope, to_node: Callable[[Any], NodeT]
     ) -> Connection[NodeT]:
         edges = [
             Edge(cursor=cursor, node=to_node(row))
@@ -58,5 +121,5 @@ class Connection(Generic[NodeT]):
                 start_cursor=page.cursors[0] if page.cursors else None,
                 end_cursor=page.cursors[-1] if page.cursors else None,
             ),
-            query=query,
+            scope=scope,
         )

@@ -10,6 +10,7 @@ import anyio.to_thread
 from strawberry.fastapi import BaseContext
 from strawberry.types import Info
 
+from concord_core.api.gql.loaders import Loaders
 from concord_core.api.runtime import Runtime
 from concord_core.auth.principal import Principal
 from concord_core.operators.base import OperationContext
@@ -22,6 +23,13 @@ class Context(BaseContext):
         super().__init__()
         self.runtime = runtime
         self.principal = principal
+        self._loaders: Loaders | None = None
+
+    @property
+    def loaders(self) -> Loaders:
+        if self._loaders is None:
+            self._loaders = Loaders(self)
+        return self._loaders
 
     @property
     def ops(self) -> OperationContext:

@@ -8,15 +8,16 @@ from typing import Any, cast
 
 import strawberry
 from strawberry.scalars import JSON
+from strawberry.utils.str_converters import to_camel_case
 
 from concord_core.api.gql.context import GqlInfo
 from concord_core.api.gql.errors import FieldErrorType, payload_errors
 from concord_core.api.gql.ids import expect_global_id, to_global_id
 from concord_core.api.gql.nodes import Node, register_node
-from concord_core.auth.policy import Visibility
+from concord_core.auth.policy import Visibility, can_read
 from concord_core.db import models
 from concord_core.operators import dtus as ops
-from concord_core.operators.errors import OperatorError
+from concord_core.operators.errors import FieldError, OperatorError
 
 # Expose the domain enums as GraphQL enums (strawberry.enum registers the class itself).
 strawberry.enum(
@@ -145,21 +146,13 @@ class Dtu(Node):
 
     @strawberry.field(description="The DTUs this one cites that you can read.")
     async def citations(self, info: GqlInfo) -> list[Dtu]:
-        def load(session: Any) -> list[Dtu]:
-            found = []
-            for key in self.citation_keys:
-                try:
-                    found.append(Dtu.from_row(ops.get_dtu(info.context.ops, session, key)))
-                except OperatorError:
-                    continue
-            return found
-
-        return await info.context.read(load)
+        rows = await info.context.loaders.dtus.load_many(self.citation_keys)
+        principal = info.context.principal
+        return [Dtu.from_row(row) for row in rows if row is not None and can_read(principal, row)]
 
     @strawberry.field(description="Every version of this DTU, oldest first.")
     async def history(self, info: GqlInfo) -> list[DtuVersion]:
-        rows = await info.context.read(ops.history, self.key)
-        return [DtuVersion.from_row(row) for row in rows]
+        return [DtuVersion.from_row(row) for row in await info.context.loaders.dtu_versions.load(self.key)]
 
 
 @strawberry.input
@@ -234,6 +227,24 @@ def _dtu_data(value: Any) -> dict[str, Any]:
     return data
 
 
+#: Operator field names that the GraphQL input spells differently (beyond snake_case -> camelCase).
+_INPUT_NAMES = {"dtu_type": "type"}
+
+
+def client_errors(exc: OperatorError) -> list[FieldErrorType]:
+    """Payload errors whose ``field`` is the input path as the client wrote it (``core.nextActions.0``,
+    ``type``), not the operator's Python name (``core.next_actions.0``, ``dtu_type``)."""
+
+    def client_path(path: str | None) -> str | None:
+        if path is None:
+            return None
+        return ".".join(_INPUT_NAMES.get(part, to_camel_case(part)) for part in path.split("."))
+
+    return payload_errors(
+        OperatorError([FieldError(client_path(e.field), e.code, e.message) for e in exc.errors])
+    )
+
+
 @strawberry.type
 class DtuPayload:
     dtu: Dtu | None = None
@@ -256,7 +267,7 @@ async def _dtu_mutation(info: GqlInfo, work: Any) -> DtuPayload:
     try:
         row = await info.context.run(work)
     except OperatorError as exc:
-        return DtuPayload(errors=payload_errors(exc))
+        return DtuPayload(errors=client_errors(exc))
     return DtuPayload(dtu=Dtu.from_row(row))
 
 
@@ -340,7 +351,7 @@ class DtuMutations:
         try:
             groups = await info.context.run(work)
         except OperatorError as exc:
-            return DedupeDtusPayload(errors=payload_errors(exc))
+            return DedupeDtusPayload(errors=client_errors(exc))
         return DedupeDtusPayload(
             groups=[
                 DedupeGroup(

@@ -48,7 +48,7 @@ class ErrorShaping(SchemaExtension):
             if isinstance(original, OperatorError):
                 code, message = original.code.value, str(original.errors[0].message)
             elif original is None:
-                code, message = "GRAPHQL_VALIDATION", error.message
+                code, message = str((error.extensions or {}).get("code", "GRAPHQL_VALIDATION")), error.message
             elif isinstance(original, GraphQLError):
                 code, message = str((original.extensions or {}).get("code", "BAD_REQUEST")), error.message
             else:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
 import strawberry
-from sqlalchemy import select
 from strawberry.scalars import JSON
 
+from concord_core.api.gql.browse import OrderBy, browse_connection, browse_request
 from concord_core.api.gql.connections import Connection
 from concord_core.api.gql.context import GqlInfo
 from concord_core.api.gql.errors import FieldErrorType, payload_errors
 from concord_core.api.gql.ids import expect_global_id, from_global_id, to_global_id
 from concord_core.api.gql.nodes import Node, register_node
-from concord_core.auth.policy import Visibility, readable_filter
-from concord_core.browse.connection import Ordering, paginate
+from concord_core.auth.policy import Visibility
+from concord_core.browse.service import FilterValue
+from concord_core.browse.sources import LENS_ITEMS
 from concord_core.db import models
 from concord_core.operators import lens_items as ops
 from concord_core.operators.errors import OperatorError, not_found
@@ -106,8 +108,6 @@ async def load_item(info: GqlInfo, key: str) -> LensItem | None:
 
 register_node("LensItem", load_item)
 
-NEWEST_FIRST = Ordering("created", (models.LensItem.created_at, models.LensItem.id))
-
 
 @strawberry.type
 class LensItemPayload:
@@ -148,8 +148,8 @@ class LensQueries:
         return [Lens.from_lens(lens) for lens in info.context.runtime.lenses.lenses]
 
     @strawberry.field(
-        description="Items of a lens (optionally of one data type and status), newest first. "
-        "Lists what you can read; others' unlisted items are left out."
+        description="Items of a lens (optionally of one data type and status), newest first unless ordered "
+        "otherwise; searchable. Lists what you can read; others' unlisted items are left out. Needs: nothing."
     )
     async def lens_items(
         self,
@@ -157,21 +157,23 @@ class LensQueries:
         lens_id: str,
         type: str | None = None,
         status: str | None = None,
+        search: str | None = None,
+        order_by: OrderBy | None = None,
         first: int | None = None,
         after: str | None = None,
         last: int | None = None,
         before: str | None = None,
     ) -> Connection[LensItem]:
-        table = models.LensItem
-        query = select(table).where(table.lens_id == lens_id, readable_filter(info.context.principal, table))
+        request = browse_request(None, search, order_by)
+        filters: dict[str, FilterValue] = {"lens": [lens_id]}
         if type is not None:
-            query = query.where(table.item_type == type)
+            filters["type"] = [type]
         if status is not None:
-            query = query.where(table.status == status)
-        page = await info.context.read(
-            lambda s: paginate(s, query, NEWEST_FIRST, first=first, after=after, last=last, before=before)
+            filters["status"] = [status]
+        request = replace(request, filters=filters)
+        return await browse_connection(
+            info, LENS_ITEMS, request, LensItem.from_row, first=first, after=after, last=last, before=before
         )
-        return Connection.from_page(page, query, LensItem.from_row)
 
 
 @strawberry.type

@@ -8,20 +8,27 @@ from functools import partial
 import strawberry
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.tools import merge_types
+from strawberry.types import ExecutionContext
 
 import concord_core
+from concord_core.api.gql.accounts import AccountMutations, AccountQueries
 from concord_core.api.gql.artifacts import ArtifactMutations, ArtifactQueries
+from concord_core.api.gql.browse import GlobalQueries
 from concord_core.api.gql.context import GqlInfo
+from concord_core.api.gql.cost import QueryCost
 from concord_core.api.gql.dtus import DtuMutations, DtuQueries
 from concord_core.api.gql.errors import ErrorShaping
+from concord_core.api.gql.jobs import JobMutations, JobQueries, JobSubscriptions
 from concord_core.api.gql.lenses import LensMutations, LensQueries
 from concord_core.api.gql.nodes import NodeQueries
+from concord_core.api.gql.workflows import WorkflowMutations, WorkflowQueries, WorkflowSubscriptions
 from concord_core.observability.context import set_lens_id, set_operation
+from concord_core.operators.errors import OperatorError
 from concord_core.plugins.contract import GraphQLContribution
 from concord_core.plugins.graphql_names import collect
 from concord_core.plugins.registry import LensRegistry, load_registry
 from concord_core.settings import Settings
-from graphql import FieldNode, OperationDefinitionNode
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode
 
 MAX_DEPTH = 12
 MAX_ALIASES = 30
@@ -49,8 +56,26 @@ class ServerQueries:
 
 #: What the kernel itself contributes; lenses may not redefine any of its fields or types.
 KERNEL = GraphQLContribution(
-    query=(NodeQueries, ServerQueries, DtuQueries, ArtifactQueries, LensQueries),
-    mutation=(DtuMutations, ArtifactMutations, LensMutations),
+    query=(
+        NodeQueries,
+        ServerQueries,
+        AccountQueries,
+        GlobalQueries,
+        DtuQueries,
+        ArtifactQueries,
+        LensQueries,
+        JobQueries,
+        WorkflowQueries,
+    ),
+    mutation=(
+        AccountMutations,
+        DtuMutations,
+        ArtifactMutations,
+        LensMutations,
+        JobMutations,
+        WorkflowMutations,
+    ),
+    subscription=(JobSubscriptions, WorkflowSubscriptions),
 )
 
 
@@ -79,6 +104,21 @@ class LensAttribution(SchemaExtension):
         yield
 
 
+class ConcordSchema(strawberry.Schema):
+    """Logs only unexpected errors: a client's bad input or a refusal is answered, not an incident."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        unexpected = [
+            error
+            for error in errors
+            if error.original_error is not None
+            and not isinstance(error.original_error, OperatorError | GraphQLError)
+        ]
+        super().process_errors(unexpected, execution_context)
+
+
 def _root(name: str, types: Sequence[type]) -> type | None:
     return merge_types(name, tuple(types)) if types else None
 
@@ -102,7 +142,7 @@ def build_schema(lenses: LensRegistry) -> strawberry.Schema:
             }
         )
         owners.update({field_name: lens.lens_id for _root_name, field_name in names.root_fields})
-    return strawberry.Schema(
+    return ConcordSchema(
         query=merge_types("Query", tuple(query)),
         mutation=_root("Mutation", mutation),
         subscription=_root("Subscription", subscription),
@@ -110,6 +150,7 @@ def build_schema(lenses: LensRegistry) -> strawberry.Schema:
         extensions=[
             ErrorShaping,
             partial(LensAttribution, owners=owners),
+            QueryCost,
             partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
             partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
             partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),

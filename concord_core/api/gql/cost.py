@@ -1,0 +1,140 @@
+"""Query cost: every field costs 1, and a list field's selection costs ``first``/``last`` times as much
+(20 for a connection asked without either, 10 for a plain list), multiplied through nesting. An operation
+over the limit is refused before any resolver runs; every response reports its cost in ``extensions.cost``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from strawberry.extensions import SchemaExtension
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLField,
+    GraphQLList,
+    GraphQLNamedType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    IntValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    VariableNode,
+    get_named_type,
+    get_nullable_type,
+    get_operation_ast,
+)
+from graphql import ExecutionResult as GraphQLExecutionResult
+
+MAX_COST = 10_000
+DEFAULT_CONNECTION_PAGE = 20
+UNPAGED_LIST = 10  # a plain list (citations, history) is assumed to hold this many
+PAGE_ARGUMENTS = ("first", "last")
+
+
+def _page_size(field: FieldNode, variables: Mapping[str, Any], definition: GraphQLField) -> int:
+    for argument in field.arguments or ():
+        if argument.name.value in PAGE_ARGUMENTS:
+            value = argument.value
+            if isinstance(value, IntValueNode):
+                return max(int(value.value), 1)
+            if isinstance(value, VariableNode):
+                given = variables.get(value.name.value)
+                if isinstance(given, int):
+                    return max(given, 1)
+    if get_named_type(definition.type).name.endswith("Connection"):
+        return DEFAULT_CONNECTION_PAGE
+    return UNPAGED_LIST if isinstance(get_nullable_type(definition.type), GraphQLList) else 1
+
+
+class _Costing:
+    def __init__(self, schema: GraphQLSchema, document: DocumentNode, variables: Mapping[str, Any]) -> None:
+        self.schema = schema
+        self.variables = variables
+        self.fragments = {
+            d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+        }
+
+    def selection(
+        self, selection_set: SelectionSetNode, parent: GraphQLNamedType, seen: frozenset[str]
+    ) -> int:
+        total = 0
+        for node in selection_set.selections:
+            if isinstance(node, FieldNode):
+                total += self.field(node, parent, seen)
+            elif isinstance(node, InlineFragmentNode):
+                condition = (
+                    self.schema.get_type(node.type_condition.name.value) if node.type_condition else parent
+                )
+                total += self.selection(node.selection_set, condition or parent, seen)
+            elif isinstance(node, FragmentSpreadNode):
+                name = node.name.value
+                fragment = self.fragments.get(name)
+                if fragment is not None and name not in seen:  # cycles are refused by validation anyway
+                    condition = self.schema.get_type(fragment.type_condition.name.value) or parent
+                    total += self.selection(fragment.selection_set, condition, seen | {name})
+        return total
+
+    def field(self, node: FieldNode, parent: GraphQLNamedType, seen: frozenset[str]) -> int:
+        if node.name.value.startswith("__"):
+            return 0
+        fields = getattr(parent, "fields", {})
+        definition = fields.get(node.name.value)
+        if definition is None or node.selection_set is None:
+            return 1
+        returns = get_named_type(definition.type)
+        if parent.name.endswith("Connection"):  # edges and nodes: the connection's page size counted them
+            return 1 + self.selection(node.selection_set, returns, seen)
+        return 1 + _page_size(node, self.variables, definition) * self.selection(
+            node.selection_set, returns, seen
+        )
+
+
+def operation_cost(
+    schema: GraphQLSchema, document: DocumentNode, operation_name: str | None, variables: Mapping[str, Any]
+) -> int:
+    operation = get_operation_ast(document, operation_name)
+    if not isinstance(operation, OperationDefinitionNode):
+        return 0
+    root = schema.get_root_type(operation.operation)
+    if root is None:
+        return 0
+    return _Costing(schema, document, variables).selection(operation.selection_set, root, frozenset())
+
+
+class QueryCost(SchemaExtension):
+    def __init__(self, *, limit: int = MAX_COST) -> None:
+        self.limit = limit
+        self.cost: int | None = None
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.graphql_document is not None:
+            self.cost = operation_cost(
+                context.schema._schema,
+                context.graphql_document,
+                context.operation_name,
+                context.variables or {},
+            )
+            if self.cost > self.limit:
+                context.result = GraphQLExecutionResult(
+                    data=None,
+                    errors=[
+                        GraphQLError(
+                            f"this query would cost {self.cost}, over the limit of {self.limit}; "
+                            "ask for smaller pages or fewer nested lists",
+                            extensions={"code": "QUERY_TOO_COSTLY"},
+                        )
+                    ],
+                )
+        yield
+
+    def get_results(self) -> dict[str, Any]:
+        if self.cost is None:
+            return {}
+        return {"cost": {"requested": self.cost, "limit": self.limit}}

@@ -1,0 +1,215 @@
+"""Derived browse indexes, kept in the same transaction as the rows they describe.
+
+* ``entity_tags``: one row per (browsable, row, tag), so tag filters and tag facets use an index.
+* ``browse_counts``: per browsable, per access bucket (visibility, workspace, owner), how many rows have
+  each value of each counted facet (facet ``""``: the rows themselves). Unfiltered totals and facets then
+  sum a few buckets, scoped by the same policy filter as everything else, instead of scanning every row.
+
+A SQLAlchemy ``before_flush`` hook derives both from the ORM changes of a transaction, so no operator can
+forget them. :func:`rebuild_all` recomputes them from the tables (after bulk loads or as a repair), and
+:func:`verify_all` checks them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, delete, event, func, insert, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, UOWTransaction
+from sqlalchemy.orm.attributes import get_history
+
+from concord_core.browse.source import Browsable
+from concord_core.browse.sources import KERNEL_BROWSABLES
+from concord_core.db.models import BrowseCount, EntityTag
+from concord_core.db.types import new_id
+
+TOTAL = ""
+BUCKET = ("visibility", "workspace_id", "owner_id")
+INDEXED: dict[type, Browsable] = {b.model: b for b in KERNEL_BROWSABLES if b.tagged or b.counted_facets}
+
+Key = tuple[str, str, str, str, str, str]  # source, facet, value, visibility, workspace, owner
+
+
+def _value(obj: Any, attribute: str, *, old: bool) -> Any:
+    if not old:
+        return getattr(obj, attribute)
+    history = get_history(obj, attribute)
+    if history.deleted:
+        return history.deleted[0]
+    return history.unchanged[0] if history.unchanged else getattr(obj, attribute)
+
+
+def _keys(browsable: Browsable, obj: Any, *, old: bool) -> tuple[list[Key], set[str]]:
+    """The counter keys one row contributes to, and its tags."""
+    visibility, workspace_id, owner_id = (str(_value(obj, name, old=old)) for name in BUCKET)
+    bucket = (visibility, workspace_id, owner_id)
+    keys: list[Key] = [(browsable.name, TOTAL, TOTAL, *bucket)]
+    tags = set(_value(obj, "tags", old=old) or []) if browsable.tagged else set()
+    for facet in browsable.counted_facets:
+        if facet.attribute is None:
+            keys += [(browsable.name, facet.name, tag, *bucket) for tag in sorted(tags)]
+        else:
+            keys.append((browsable.name, facet.name, str(_value(obj, facet.attribute, old=old)), *bucket))
+    return keys, tags
+
+
+def _upsert(connection: Connection, deltas: Counter[Key]) -> None:
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    for key, delta in sorted(deltas.items()):
+        if delta == 0:
+            continue
+        source, facet, value, visibility, workspace_id, owner_id = key
+        statement = dialect.insert(BrowseCount).values(
+            source=source,
+            facet=facet,
+            value=value,
+            visibility=visibility,
+            workspace_id=workspace_id,
+            owner_id=owner_id,
+            count=delta,
+        )
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["source", "facet", "value", "visibility", "workspace_id", "owner_id"],
+                set_={"count": BrowseCount.count + delta},
+            )
+        )
+
+
+@event.listens_for(Session, "before_flush")
+def _maintain(session: Session, _flush: UOWTransaction, _instances: Iterable[Any] | None) -> None:
+    deltas: Counter[Key] = Counter()
+    tag_changes: list[tuple[str, str, set[str], set[str]]] = []  # source, id, removed, added
+    for obj in session.new:
+        browsable = INDEXED.get(type(obj))
+        if browsable is not None:
+            if obj.id is None:  # the column default, applied now so the tag rows can name the row
+                obj.id = new_id()
+            keys, tags = _keys(browsable, obj, old=False)
+            deltas.update(keys)
+            tag_changes.append((browsable.name, obj.id, set(), tags))
+    for obj in session.dirty:
+        browsable = INDEXED.get(type(obj))
+        if browsable is not None and session.is_modified(obj, include_collections=False):
+            old_keys, old_tags = _keys(browsable, obj, old=True)
+            new_keys, new_tags = _keys(browsable, obj, old=False)
+            deltas.subtract(old_keys)
+            deltas.update(new_keys)
+            if old_tags != new_tags:
+                tag_changes.append((browsable.name, obj.id, old_tags - new_tags, new_tags - old_tags))
+    for obj in session.deleted:
+        browsable = INDEXED.get(type(obj))
+        if browsable is not None:
+            keys, tags = _keys(browsable, obj, old=True)
+            deltas.subtract(keys)
+            tag_changes.append((browsable.name, obj.id, tags, set()))
+    if not deltas and not tag_changes:
+        return
+    connection = session.connection()
+    for source, entity_id, removed, added in tag_changes:
+        if removed:
+            connection.execute(
+                delete(EntityTag).where(
+                    EntityTag.source == source,
+                    EntityTag.entity_id == entity_id,
+                    EntityTag.tag.in_(sorted(removed)),
+                )
+            )
+        if added:
+            connection.execute(
+                insert(EntityTag),
+                [{"source": source, "entity_id": entity_id, "tag": tag} for tag in sorted(added)],
+            )
+    _upsert(connection, deltas)
+
+
+def _tag_rows(connection: Connection, browsable: Browsable) -> Any:
+    """(id, tag) for every tag of every row, expanded from the rows' JSON tag lists."""
+    table = browsable.model.__table__  # type: ignore[attr-defined]
+    if connection.dialect.name == "postgresql":
+        tag = func.jsonb_array_elements_text(table.c.tags).table_valued("value").alias("tag")
+    else:
+        tag = func.json_each(table.c.tags).table_valued("value").alias("tag")
+    return select(table.c.id, tag.c.value).select_from(table).join(tag, literal(True))
+
+
+def rebuild(connection: Connection, browsable: Browsable) -> None:
+    """Recompute one browsable's tag index and counters from its table."""
+    table = browsable.model.__table__  # type: ignore[attr-defined]
+    bucket = (table.c.visibility, table.c.workspace_id, table.c.owner_id)
+    connection.execute(delete(EntityTag).where(EntityTag.source == browsable.name))
+    connection.execute(delete(BrowseCount).where(BrowseCount.source == browsable.name))
+    columns = ["source", "facet", "value", "visibility", "workspace_id", "owner_id", "count"]
+    if browsable.tagged:
+        tags = _tag_rows(connection, browsable).subquery()
+        connection.execute(
+            insert(EntityTag).from_select(
+                ["source", "entity_id", "tag"],
+                select(literal(browsable.name), tags.c.id, tags.c.value).distinct(),
+            )
+        )
+    total = select(literal(browsable.name), literal(TOTAL), literal(TOTAL), *bucket, func.count()).group_by(
+        *bucket
+    )
+    connection.execute(insert(BrowseCount).from_select(columns, total))
+    for facet in browsable.counted_facets:
+        if facet.attribute is None:
+            tags_table = EntityTag.__table__
+            query = (
+                select(literal(browsable.name), literal(facet.name), tags_table.c.tag, *bucket, func.count())
+                .select_from(tags_table.join(table, table.c.id == tags_table.c.entity_id))
+                .where(tags_table.c.source == browsable.name)
+                .group_by(tags_table.c.tag, *bucket)
+            )
+        else:
+            column = table.c[browsable.column(facet.attribute).key]
+            query = select(
+                literal(browsable.name), literal(facet.name), column, *bucket, func.count()
+            ).group_by(column, *bucket)
+        connection.execute(insert(BrowseCount).from_select(columns, query))
+
+
+def rebuild_all(connection: Connection) -> None:
+    for browsable in INDEXED.values():
+        rebuild(connection, browsable)
+
+
+def snapshot(connection: Connection) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    """The indexes as sets (zero counts left out), for comparing with a rebuild."""
+    tags = {
+        tuple(row) for row in connection.execute(select(EntityTag.source, EntityTag.entity_id, EntityTag.tag))
+    }
+    counts = {
+        tuple(row)
+        for row in connection.execute(
+            select(
+                BrowseCount.source,
+                BrowseCount.facet,
+                BrowseCount.value,
+                BrowseCount.visibility,
+                BrowseCount.workspace_id,
+                BrowseCount.owner_id,
+                BrowseCount.count,
+            ).where(BrowseCount.count != 0)
+        )
+    }
+    return tags, counts
+
+
+def verify_all(connection: Connection) -> str | None:
+    """None if the indexes match a rebuild (made in a savepoint, then rolled back); else the difference."""
+    before = snapshot(connection)
+    savepoint = connection.begin_nested()
+    try:
+        rebuild_all(connection)
+        after = snapshot(connection)
+    finally:
+        savepoint.rollback()
+    for name, kept, fresh in (("entity_tags", before[0], after[0]), ("browse_counts", before[1], after[1])):
+        if kept != fresh:
+            extra, missing = sorted(kept - fresh)[:3], sorted(fresh - kept)[:3]
+            return f"{name} differs from a rebuild: stale {extra}, missing {missing}"
+    return None

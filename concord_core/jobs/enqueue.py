@@ -1,0 +1,178 @@
+"""Enqueueing: a job row written in the caller's transaction (the outbox), its ``JOB_QUEUED`` event and audit.
+
+Nothing is sent anywhere here. After the transaction commits, the runtime's after-commit hook wakes the
+dispatcher for every ``JOB_QUEUED`` event the change carried; if the process dies first, the relay finds the
+committed job anyway (see :mod:`concord_core.jobs.maintenance`).
+
+An idempotency key is unique per workspace: the same key with the same input (compared by the SHA-256 of
+its canonical JSON) returns the existing job and writes nothing; with a different input it is a CONFLICT.
+Concurrent requests with one key race on the unique index, and the losers return the winner's job.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from concord_core.auth.policy import Action, WorkspaceTarget
+from concord_core.db.models import Job
+from concord_core.db.types import utcnow
+from concord_core.events.log import canonical_json
+from concord_core.jobs.catalog import JobCatalog, JobSpec
+from concord_core.jobs.records import JobStatus, input_hash, job_snapshot
+from concord_core.operators.base import Change, OperationContext, validate, write
+from concord_core.operators.errors import ErrorCode, OperatorError
+
+MAX_INPUT_CHARS = 256_000
+
+JobType = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=100, pattern=r"^[a-z][\w.-]*$")
+]
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class EnqueueInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_type: JobType
+    input: dict[str, Any] = {}
+    idempotency_key: IdempotencyKey | None = None
+    workspace_id: str | None = None
+
+
+def _spec(catalog: JobCatalog, job_type: str) -> JobSpec:
+    spec = catalog.get(job_type)
+    if spec is None:
+        raise OperatorError.single(ErrorCode.VALIDATION, f"unknown job type {job_type!r}", "type")
+    return spec
+
+
+def _check_input(value: dict[str, Any]) -> None:
+    try:
+        size = len(canonical_json(value))
+    except ValueError:
+        raise OperatorError.single(ErrorCode.VALIDATION, "input must be finite JSON", "input") from None
+    if size > MAX_INPUT_CHARS:
+        raise OperatorError.single(
+            ErrorCode.VALIDATION, f"input is larger than {MAX_INPUT_CHARS} characters", "input"
+        )
+
+
+def _existing(session: Session, workspace_id: str, key: str, digest: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.workspace_id == workspace_id, Job.idempotency_key == key))
+    if job is not None and job.input_hash != digest:
+        raise OperatorError.single(
+            ErrorCode.CONFLICT,
+            "this idempotency key was used with a different input",
+            "idempotencyKey",
+        )
+    return job
+
+
+def new_job(
+    session: Session,
+    spec: JobSpec,
+    *,
+    workspace_id: str,
+    owner_id: str | None,
+    payload: dict[str, Any],
+    idempotency_key: str | None = None,
+    run_after: datetime | None = None,
+) -> Job:
+    """Insert a queued job row (no event: the caller records its ``JOB_QUEUED``)."""
+    now = utcnow()
+    job = Job(
+        workspace_id=workspace_id,
+        owner_id=owner_id,
+        job_type=spec.job_type,
+        queue=spec.queue,
+        input=payload,
+        input_hash=input_hash(payload),
+        idempotency_key=idempotency_key,
+        status=JobStatus.QUEUED.value,
+        attempts=0,
+        max_attempts=spec.max_attempts,
+        timeout_seconds=spec.timeout_seconds,
+        run_after=run_after or now,
+        progress=0.0,
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def enqueue_in(
+    change: Change,
+    catalog: JobCatalog,
+    job_type: str,
+    payload: dict[str, Any],
+    *,
+    workspace_id: str,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Enqueue inside an operator's change (the outbox). Returns (job, created); an existing job for the
+    idempotency key comes back with ``created`` False. The caller has authorized the change."""
+    spec = _spec(catalog, job_type)
+    _check_input(payload)
+    if idempotency_key is not None:
+        existing = _existing(change.session, workspace_id, idempotency_key, input_hash(payload))
+        if existing is not None:
+            return existing, False
+    job = new_job(
+        change.session,
+        spec,
+        workspace_id=workspace_id,
+        owner_id=change.ctx.principal.user_id,
+        payload=payload,
+        idempotency_key=idempotency_key,
+    )
+    change.emit("JOB_QUEUED", "job", job.id, {"job": job_snapshot(job)}, workspace_id)
+    change.audit("job", job.id, workspace_id, job_type=job_type, idempotency_key=idempotency_key)
+    return job, True
+
+
+def enqueue_job(ctx: OperationContext, catalog: JobCatalog, data: dict[str, Any]) -> tuple[Job, bool]:
+    """The ``enqueueJob`` operator: validate, authorize (editor or owner of the workspace), insert the job
+    with its event and audit row in one transaction. Returns (job, created)."""
+    request = validate(EnqueueInput, data)
+    _spec(catalog, request.job_type)
+    _check_input(request.input)
+    workspace_id = ctx.workspace_for(request.workspace_id)
+    try:
+        with write(ctx, "job.enqueue") as change:
+            change.authorize(Action.CREATE, WorkspaceTarget(workspace_id), "workspace", workspace_id)
+            job, created = enqueue_in(
+                change,
+                catalog,
+                request.job_type,
+                request.input,
+                workspace_id=workspace_id,
+                idempotency_key=request.idempotency_key,
+            )
+            # A repeated request changes nothing, so it records nothing either (the rollback of this
+            # dry run expires the row, so it is read again below).
+            change.dry_run = not created
+            job_id = job.id
+    except IntegrityError:
+        if request.idempotency_key is None:
+            raise
+        # Another request with the same key committed between our check and our insert.
+        with ctx.db.read() as session:
+            winner = _existing(session, workspace_id, request.idempotency_key, input_hash(request.input))
+        if winner is None:
+            raise
+        return winner, False
+    if not created:
+        with ctx.db.read() as session:
+            existing = session.get(Job, job_id)
+            assert existing is not None
+            return existing, False
+    return job, created

@@ -1,0 +1,138 @@
+"""RQ as the carrier of wake-ups: one message per job attempt, naming only the job.
+
+The message is an RQ job ``concord-<job id>-<attempts>`` on the queue ``<namespace>:<queue>`` that calls
+``workers.rq_worker.perform(job_id)``; that function claims the job in the database and does nothing if it
+is not claimable (already taken, cancelled, finished, or a duplicate message). RQ keeps no result
+(``result_ttl=0``): the outcome lives in the jobs table.
+
+Messages get lost (a Redis restart without persistence, a ``FLUSHALL``, a crash between commit and
+enqueue). :meth:`RqDispatcher.relay` repairs that from the jobs table: every due queued job whose message
+is not in Redis gets one, both for jobs that were never dispatched and, periodically, for jobs whose
+message should be there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.exceptions import DuplicateJobError
+from rq.job import Job as RqJob
+from sqlalchemy import and_, or_, select, update
+
+from concord_core.db.engine import Database
+from concord_core.db.models import Job
+from concord_core.db.types import utcnow
+from concord_core.jobs.dispatch import JobRef
+from concord_core.jobs.records import JobStatus
+
+log = logging.getLogger("concord.jobs.rq")
+
+RQ_FUNCTION = "workers.rq_worker.perform"
+#: RQ's own timeout is the job type's, plus room for recording the outcome.
+TIMEOUT_MARGIN_SECONDS = 30
+FAILURE_TTL_SECONDS = 24 * 3600
+
+
+def rq_job_id(ref: JobRef) -> str:
+    return f"concord-{ref.id}-{ref.attempts}"
+
+
+class RqDispatcher:
+    """Enqueue wake-ups on RQ queues, and relay jobs whose wake-up is missing."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        self.connection = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.namespace = namespace
+        self._queues: dict[str, Queue] = {}
+
+    def queue_name(self, queue: str) -> str:
+        return f"{self.namespace}:{queue}"
+
+    def queue(self, queue: str) -> Queue:
+        name = self.queue_name(queue)
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self.connection)
+        return self._queues[name]
+
+    def start(self) -> None:
+        """Nothing runs here: ``concord worker`` processes run the jobs."""
+
+    def stop(self) -> None:
+        """Nothing to stop (see :meth:`start`)."""
+
+    def _enqueue(self, ref: JobRef, pipeline: Any = None, *, unique: bool = False) -> None:
+        self.queue(ref.queue).enqueue_call(
+            RQ_FUNCTION,
+            args=(ref.id,),
+            job_id=rq_job_id(ref),
+            timeout=ref.timeout_seconds + TIMEOUT_MARGIN_SECONDS,
+            result_ttl=0,
+            failure_ttl=FAILURE_TTL_SECONDS,
+            description=f"concord job {ref.id}",
+            pipeline=pipeline,
+            unique=unique,
+        )
+
+    def dispatch(self, refs: Sequence[JobRef]) -> None:
+        now = utcnow()
+        due = [ref for ref in refs if ref.run_after <= now]
+        if not due:
+            return  # a retry that is not due yet: the relay sends it when it is
+        try:
+            pipe = self.connection.pipeline(transaction=False)
+            for ref in due:
+                self._enqueue(ref, pipe)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not enqueue %d job(s) on RQ (%s); the relay will", len(due), exc)
+
+    def relay(self, db: Database, *, grace_seconds: float, verify_seconds: float, limit: int = 500) -> int:
+        """Give every due queued job whose message is missing from Redis a new one. Considers jobs never
+        marked dispatched once they are ``grace_seconds`` overdue (the API's own wake-up usually beats
+        that), and re-checks dispatched ones every ``verify_seconds``. Returns how many it enqueued."""
+        now = utcnow()
+        query = (
+            select(Job.id, Job.queue, Job.attempts, Job.timeout_seconds, Job.run_after)
+            .where(
+                Job.status == JobStatus.QUEUED.value,
+                or_(
+                    and_(
+                        Job.dispatched_at.is_(None), Job.run_after <= now - timedelta(seconds=grace_seconds)
+                    ),
+                    Job.dispatched_at <= now - timedelta(seconds=verify_seconds),
+                ),
+            )
+            .order_by(Job.dispatched_at.is_not(None), Job.dispatched_at, Job.run_after)
+            .limit(limit)
+        )
+        with db.read() as session:
+            refs = [JobRef(*row) for row in session.execute(query)]
+        if not refs:
+            return 0
+        pipe = self.connection.pipeline(transaction=False)
+        for ref in refs:
+            pipe.exists(RqJob.key_for(rq_job_id(ref)))
+        present = pipe.execute()
+        sent = 0
+        for ref, exists in zip(refs, present, strict=True):
+            if exists:
+                continue
+            try:
+                self._enqueue(ref, unique=True)
+                sent += 1
+            except DuplicateJobError:  # the API's wake-up arrived meanwhile
+                pass
+        with db.write() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id.in_([ref.id for ref in refs]), Job.status == JobStatus.QUEUED.value)
+                .values(dispatched_at=utcnow())
+            )
+        if sent:
+            log.info("relay: enqueued %d job(s) whose RQ message was missing", sent)
+        return sent

@@ -1,0 +1,195 @@
+"""The jobs runtime of one process: catalog, dispatcher, notifier and maintenance, wired together.
+
+:class:`JobService` is what the rest of Concord talks to. The API's after-commit hook
+(:meth:`JobService.after_commit`) wakes the dispatcher for the jobs a change queued and publishes live
+updates; :meth:`start` runs in-process runner threads and the maintenance loop when there is no Redis;
+:meth:`run_job` is what an RQ worker calls with a job id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+
+from concord_core.auth.accounts import load_principal
+from concord_core.auth.principal import Principal
+from concord_core.db.engine import Database
+from concord_core.db.models import Job
+from concord_core.jobs.catalog import JobCatalog, JobSpec
+from concord_core.jobs.dispatch import Dispatcher, InlineDispatcher, JobRef, worker_name
+from concord_core.jobs.lease import Claim, claim
+from concord_core.jobs.maintenance import Maintenance
+from concord_core.jobs.notify import Notifier, open_notifier
+from concord_core.jobs.records import EVENTS_TOPIC, JobStatus, Journal
+from concord_core.jobs.runner import execute
+from concord_core.jobs.transitions import Outcome, settle
+from concord_core.operators.base import AfterCommit, Change, OperationContext
+from concord_core.plugins.registry import LensRegistry
+from concord_core.settings import Settings
+from concord_core.storage import BlobStore
+
+log = logging.getLogger("concord.jobs")
+
+#: Test-only (documented in tests/test_jobs_crash.py): when set, the process exits right after a change
+#: that queued a job commits and before the dispatcher hears of it: the crash the outbox exists for.
+CRASH_AFTER_COMMIT = "CONCORD_TEST_CRASH_AFTER_COMMIT"
+
+#: Events whose payload carries a queued job to dispatch.
+_QUEUEING_EVENTS = frozenset({"JOB_QUEUED", "JOB_RETRY_SCHEDULED"})
+
+
+class JobService:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: BlobStore,
+        lenses: LensRegistry | None,
+        after_commit: list[AfterCommit],
+        *,
+        extra_job_types: Iterable[JobSpec] = (),
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.lenses = lenses
+        self._after_commit = after_commit
+        self.catalog = JobCatalog.build(lenses, extra_job_types)
+        self.notifier: Notifier = open_notifier(settings, db)
+        self.rq = None
+        if settings.redis_url:
+            from concord_core.jobs.redis_queue import RqDispatcher
+
+            self.rq = RqDispatcher(settings.redis_url, settings.redis_namespace)
+        self.dispatcher: Dispatcher = self.rq or InlineDispatcher(self, settings.job_threads)
+        self.maintenance = Maintenance(self, relay=self.rq is not None)
+        #: Set while this process shuts down: running handlers hand their jobs back at their next call.
+        self.stopping = threading.Event()
+        self._running = False
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def inline(self) -> bool:
+        """Whether jobs run in this process (no Redis)."""
+        return self.rq is None
+
+    def start(self) -> None:
+        """Serve jobs from this process: in-process runners and the maintenance loop when there is no Redis
+        (with Redis, ``concord worker`` does both). Idempotent."""
+        if self._running or not self.inline or self.settings.job_threads == 0:
+            return
+        self._running = True
+        self.stopping.clear()
+        self.maintenance.start()
+        self.dispatcher.start()
+
+    def stop(self) -> None:
+        """Stop this process's runners and maintenance loop; running handlers hand their jobs back to the
+        queue at their next checkpoint or progress call (or keep them until their lease expires)."""
+        self.stopping.set()
+        self.maintenance.stop()
+        self.dispatcher.stop()
+        self._running = False
+
+    def close(self) -> None:
+        """Stop, and close the connections to Redis and the notification listener."""
+        self.stop()
+        self.notifier.close()
+        if self.rq is not None:
+            self.rq.connection.close()
+
+    # --- wiring -----------------------------------------------------------------------------------
+
+    def operations_for(self, owner_id: str | None, workspace_id: str) -> OperationContext:
+        """An operation context acting as a job's owner (or, for a job nobody started, as the system)."""
+        principal: Principal | None = None
+        if owner_id is not None:
+            with self.db.read() as session:
+                principal = load_principal(session, owner_id)
+            if principal is None:
+                principal = Principal(
+                    user_id=owner_id, scopes=frozenset()
+                )  # disabled or gone: may do nothing
+        else:
+            principal = Principal(user_id=None, is_admin=True, default_workspace_id=workspace_id)
+        return OperationContext(
+            db=self.db,
+            store=self.store,
+            principal=principal,
+            settings=self.settings,
+            lenses=self.lenses,
+            after_commit=self._after_commit,
+        )
+
+    def after_commit(self, change: Change) -> None:
+        """The runtime's after-commit hook: dispatch the jobs the change queued, publish live updates."""
+        refs = [
+            JobRef.from_snapshot(event.payload["job"])
+            for event in change.events
+            if event.event_type in _QUEUEING_EVENTS and event.payload["job"]["status"] == JobStatus.QUEUED
+        ]
+        if refs and os.environ.get(CRASH_AFTER_COMMIT):
+            os._exit(70)
+        if refs:
+            self.dispatcher.dispatch(refs)
+        if change.events:
+            topics = {EVENTS_TOPIC}
+            for event in change.events:
+                if event.entity_type in ("job", "workflow"):
+                    topics.add(f"{event.entity_type}:{event.entity_id}")
+            self.notifier.publish(topics)
+
+    def after_transition(self, journal: Journal) -> None:
+        """After a worker-side transaction commits: dispatch what it queued, publish what changed."""
+        if journal.dispatch:
+            self.dispatcher.dispatch([JobRef.of(job) for job in journal.dispatch])
+        if journal.topics:
+            self.notifier.publish(journal.topics)
+
+    def on_terminal(self, journal: Journal, job: Job) -> None:
+        """Inside the transaction that ends a job: advance the workflow it is a step of, if any."""
+        from concord_core.jobs.workflows import advance_after_job
+
+        advance_after_job(journal, job, self.catalog)
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def settle(self, held: Claim, outcome: Outcome) -> None:
+        journal = settle(
+            self.db,
+            held,
+            outcome,
+            retry_base=self.settings.job_retry_base_seconds,
+            on_terminal=self.on_terminal,
+        )
+        self.after_transition(journal)
+
+    def run_job(self, job_id: str, worker: str | None = None) -> bool:
+        """Claim job ``job_id`` and run it here; False if it is not claimable (not queued, or not due)."""
+        held = claim(self.db, worker or worker_name("rq"), self.settings.job_lease_seconds, job_id=job_id)
+        return self._run(held)
+
+    def run_next(self, worker: str, queues: Sequence[str] | None = None) -> bool:
+        """Claim the oldest due job (on ``queues``) and run it here. False if there was none."""
+        held = claim(
+            self.db, worker, self.settings.job_lease_seconds, queues=list(queues) if queues else None
+        )
+        return self._run(held)
+
+    def _run(self, held: Claim | None) -> bool:
+        if held is None:
+            return False
+        self.notifier.publish([f"job:{held.job_id}", EVENTS_TOPIC])
+        execute(self, held)
+        return True
+
+    def relay(self, *, grace_seconds: float) -> int:
+        """With RQ: send a wake-up for every due job whose message is missing (see ``RqDispatcher.relay``)."""
+        if self.rq is None:
+            return 0
+        return self.rq.relay(
+            self.db, grace_seconds=grace_seconds, verify_seconds=max(5.0, 5 * self.settings.job_poll_seconds)
+        )

@@ -1,0 +1,238 @@
+"""Migrations: `concord db status` / `concord migrate`, refusing a schema newer than the code, the SQLite
+copy taken before an upgrade, and the models agreeing with the migrations on both backends."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+from concord_core.cli.main import main
+from concord_core.db import migrate
+from concord_core.db.engine import Database
+from concord_core.db.models import Base
+
+
+@pytest.fixture
+def concord(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], database_url: str, tmp_path: Path
+) -> Callable[..., tuple[int, str]]:
+    """Run the `concord` command in-process against the test database; returns (exit code, output)."""
+    monkeypatch.setenv("CONCORD_DATABASE_URL", database_url)
+    monkeypatch.setenv("CONCORD_STORAGE_URL", str(tmp_path / "objects"))
+    monkeypatch.setenv("CONCORD_DATA_DIR", str(tmp_path))
+
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    return run
+
+
+def revisions() -> list[str]:
+    """Every revision of the real migrations folder, oldest first."""
+    script = ScriptDirectory.from_config(migrate.alembic_config("sqlite://"))
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+def test_status_and_migrate(concord: Callable[..., tuple[int, str]], database_url: str) -> None:
+    all_revisions = revisions()
+    head = all_revisions[-1]
+    assert all_revisions[0] == "0001"
+
+    code, out = concord("db", "status")
+    assert code == 1, out
+    assert "current:  (empty)" in out
+    assert f"pending:  {', '.join(all_revisions)}" in out
+
+    code, out = concord("migrate")
+    assert code == 0, out
+    assert f"migrated empty database -> {head} ({len(all_revisions)} steps)" in out
+
+    code, out = concord("db", "status")
+    assert code == 0, out
+    assert f"current:  {head}" in out and "pending:  none" in out
+
+    code, out = concord("migrate")
+    assert (code, out.strip()) == (0, f"already at {head}")
+
+    db = Database(database_url)
+    try:
+        with db.engine.connect() as conn:
+            tables = set(db.engine.dialect.get_table_names(conn))
+        assert {t.name for t in Base.metadata.sorted_tables} <= tables
+    finally:
+        db.dispose()
+
+
+def test_schema_newer_than_the_code_is_refused(
+    concord: Callable[..., tuple[int, str]], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert concord("migrate")[0] == 0
+    db = Database(database_url)
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
+    finally:
+        db.dispose()
+
+    for argv in (("migrate",), ("db", "status")):
+        code, out = concord(*argv)
+        assert code == 2, (argv, out)
+        assert "revision ffff" in out and "newer" in out
+
+    # `concord serve` refuses before it serves (uvicorn is replaced: reaching it would be the failure).
+    import uvicorn
+
+    def must_not_serve(*args: object, **kwargs: object) -> None:
+        raise AssertionError("concord serve started serving a database it does not understand")
+
+    monkeypatch.setattr(uvicorn, "run", must_not_serve)
+    code, out = concord("serve")
+    assert code == 2, out
+    assert "revision ffff" in out
+    assert "Traceback" not in out
+
+    # Nothing was changed by the refusals.
+    db = Database(database_url)
+    try:
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "ffff"
+    finally:
+        db.dispose()
+
+
+def test_models_match_the_migrations(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        migrate.upgrade(db)
+        with db.engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "include_object": migrate.managed_by_models}
+            )
+            differences = compare_metadata(context, Base.metadata)
+        assert differences == []
+    finally:
+        db.dispose()
+
+
+# --- SQLite copies before upgrading ------------------------------------------------------------------
+
+
+def backups_of(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}.pre-upgrade-*"))
+
+
+def test_backup_sqlite_copies_a_consistent_database(tmp_path: Path) -> None:
+    path = tmp_path / "concord.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        migrate.upgrade(db)
+        assert backups_of(path) == []  # an empty database has nothing worth copying
+        with db.write() as session:
+            session.execute(text("INSERT INTO event_head (id, seq, hash) VALUES (2, 7, 'x')"))
+        # Open a reader so the copy is taken while the WAL is in use.
+        with db.read() as session:
+            session.execute(text("SELECT 1"))
+            copy = migrate.backup_sqlite(db, "label")
+        assert copy is not None and copy.exists()
+        assert copy.name.startswith("concord.db.pre-upgrade-label-")
+        with sqlite3.connect(copy) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (revisions()[-1],)
+            assert conn.execute("SELECT seq FROM event_head WHERE id = 2").fetchone() == (7,)
+
+        # Upgrading a database that is already at head copies nothing.
+        before = backups_of(path)
+        status = migrate.upgrade(db)
+        assert status.up_to_date
+        assert backups_of(path) == before
+    finally:
+        db.dispose()
+    assert migrate.backup_sqlite(Database("sqlite:///:memory:"), "0001") is None
+    assert migrate.backup_sqlite(Database(f"sqlite:///{tmp_path / 'absent.db'}"), "0001") is None
+
+
+def next_revision(after: str) -> str:
+    return f'''"""a later revision, for testing the upgrade path
+
+Revision ID: 9999
+Revises: {after}
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999"
+down_revision = "{after}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("upgrade_probe", sa.Column("id", sa.Integer(), primary_key=True))
+'''
+
+
+def test_upgrading_a_database_that_is_behind_copies_it_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A migrations folder with one revision more than the real one, so an existing database is behind.
+    head = revisions()[-1]
+    scripts = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "9999_probe.py").write_text(next_revision(head))
+
+    path = tmp_path / "data" / "concord.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        migrate.upgrade(db)  # at head, with the real migrations
+        with db.write() as session:
+            session.execute(text("INSERT INTO event_head (id, seq, hash) VALUES (2, 3, 'kept')"))
+
+        monkeypatch.setattr(migrate, "MIGRATIONS_DIR", scripts)
+        status = migrate.status(db)
+        assert (status.current, status.head, status.pending) == (head, "9999", ["9999"])
+        before = migrate.upgrade(db)
+        assert before.current == head
+        assert migrate.status(db).up_to_date
+
+        [copy] = backups_of(path)
+        assert copy.name.startswith(f"concord.db.pre-upgrade-{head}-")
+        # The copy is the database as it was before the upgrade: old revision, no new table, same rows.
+        with sqlite3.connect(copy) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (head,)
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            assert "upgrade_probe" not in tables and "dtus" in tables
+            assert conn.execute("SELECT hash FROM event_head WHERE id = 2").fetchone() == ("kept",)
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM upgrade_probe")).scalar_one() == 0
+    finally:
+        db.dispose()
+
+
+def test_upgrading_from_the_first_revision(tmp_path: Path) -> None:
+    all_revisions = revisions()
+    if len(all_revisions) < 2:
+        pytest.skip("only one revision so far")
+    path = tmp_path / "concord.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        command.upgrade(migrate.alembic_config(db.url), all_revisions[0])
+        before = migrate.upgrade(db)
+        assert (before.current, before.pending) == (all_revisions[0], all_revisions[1:])
+        assert migrate.status(db).up_to_date
+        [copy] = backups_of(path)
+        with sqlite3.connect(copy) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (all_revisions[0],)
+    finally:
+        db.dispose()
