@@ -105,7 +105,12 @@ def job_row(runtime: Runtime, job_id: str) -> Job:
 
 def wait_status(runtime: Runtime, job_id: str, *statuses: str, timeout: float = 20.0) -> Job:
     wanted = statuses or ("succeeded",)
-    return wait_for(lambda: (job := job_row(runtime, job_id)).status in wanted and job, timeout)
+
+    def reached() -> Job | None:
+        job = job_row(runtime, job_id)
+        return job if job.status in wanted else None
+
+    return wait_for(reached, timeout)
 
 
 def process_env(data_dir: Path, database_url: str, **settings: str) -> dict[str, str]:

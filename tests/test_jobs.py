@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -308,7 +309,7 @@ def test_the_reaper_requeues_a_dead_workers_job_and_it_resumes(idle: Runtime) ->
 def test_a_job_whose_workers_keep_dying_fails_with_a_clear_error(idle: Runtime) -> None:
     job = enqueue(idle, "testjobs.noop")
     for worker in ("host/1/w", "host/2/w", "host/3/w"):
-        wait_for(lambda w=worker: claim(idle.db, w, 0.01, job_id=job.id), timeout=5)
+        wait_for(partial(claim, idle.db, worker, 0.01, job_id=job.id), timeout=5)
         wait_for(lambda: reap_expired(idle.db, retry_base=0.01, on_terminal=idle.jobs.on_terminal), timeout=5)
     failed = job_row(idle, job.id)
     assert failed.status == "failed"
@@ -455,7 +456,7 @@ def test_job_updated_and_events_subscriptions(rt: Runtime) -> None:
             u["progress"] for u in updates
         )
 
-        seen = []
+        seen: list[dict[str, Any]] = []
         with client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
             _subscribe(
                 ws,

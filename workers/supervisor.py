@@ -1,7 +1,10 @@
 """``concord worker``: RQ worker processes plus the maintenance loop (reaper and relay), supervised.
 
 The supervisor starts ``--processes`` RQ worker processes (:mod:`workers.rq_worker`) in its own process
-group, so killing the group kills them all, and then loops every ``CONCORD_JOB_POLL_SECONDS``:
+group, so killing the group kills them all. They are forked from a multiprocessing fork server that has
+imported Concord and the installed lenses once (:mod:`workers.preload`), so a worker, and the replacement
+of one that died, is ready in milliseconds rather than seconds. Then it loops every
+``CONCORD_JOB_POLL_SECONDS``:
 
 * it sweeps: re-queues jobs whose lease expired, and relays due jobs whose RQ message is missing;
 * it replaces a worker process that died, and at once re-queues the jobs that process held (a job that
@@ -14,18 +17,19 @@ With ``--burst`` it instead works in this one process until no job is due, then 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from concord_core.api.runtime import Runtime
-from concord_core.jobs.lease import has_due_job
-from workers.rq_worker import run_worker
+if TYPE_CHECKING:  # imported lazily, so the fork server starts (and loads them) without waiting for us
+    from concord_core.api.runtime import Runtime
 
 log = logging.getLogger("concord.worker")
 
@@ -33,51 +37,65 @@ STOP_TIMEOUT_SECONDS = 30.0
 RESTART_DELAY_SECONDS = 0.5
 
 
+def _work(queues: list[str] | None) -> None:
+    """A worker process's main (run in a child of the fork server)."""
+    from workers.rq_worker import main
+
+    sys.exit(main(["--queues", ",".join(queues)] if queues else []))
+
+
 @dataclass
 class Child:
-    process: subprocess.Popen[bytes]
+    process: BaseProcess
     started: float
 
 
 class Supervisor:
-    def __init__(self, runtime: Runtime, queues: Sequence[str], processes: int) -> None:
-        self.runtime = runtime
-        self.queues = list(queues)
+    def __init__(self, queues: Sequence[str] | None, processes: int) -> None:
+        self.queues = list(queues) if queues else None  # None: each worker takes every queue it knows
         self.processes = processes
         self.children: list[Child] = []
         self.stopping = False
+        self._processes = multiprocessing.get_context("forkserver")
+        self._processes.set_forkserver_preload(["workers.preload"])
 
     def _spawn(self) -> Child:
-        command = [sys.executable, "-m", "workers.rq_worker", "--queues", ",".join(self.queues)]
-        return Child(subprocess.Popen(command, stdin=subprocess.DEVNULL), time.monotonic())
+        process = self._processes.Process(target=_work, args=(self.queues,), name="concord-rq-worker")
+        process.start()
+        return Child(process, time.monotonic())
 
     def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("concord worker: %s received, stopping", signal.Signals(signum).name)
         self.stopping = True
 
-    def _replace_dead(self) -> None:
+    def _replace_dead(self, runtime: Runtime) -> None:
         host = socket.gethostname()
         for index, child in enumerate(self.children):
-            code = child.process.poll()
+            code = child.process.exitcode
             if code is None:
                 continue
             pid = child.process.pid
             log.warning("worker process %s exited with %s; re-queueing its jobs and replacing it", pid, code)
-            self.runtime.jobs.maintenance.reap(f"{host}/{pid}/", f"exited with status {code}")
+            runtime.jobs.maintenance.reap(f"{host}/{pid}/", f"exited with status {code}")
             if time.monotonic() - child.started < RESTART_DELAY_SECONDS:
                 time.sleep(RESTART_DELAY_SECONDS)  # a process that dies at once: do not spin
             self.children[index] = self._spawn()
 
-    def run(self) -> int:
+    def start(self) -> None:
+        """Start the worker processes (first, so they load while the supervisor opens its runtime)."""
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         self.children = [self._spawn() for _ in range(self.processes)]
-        poll = self.runtime.settings.job_poll_seconds
-        log.info("concord worker: %d processes on queues %s", self.processes, ", ".join(self.queues))
+
+    def run(self, runtime: Runtime) -> int:
+        """Supervise and sweep until asked to stop."""
+        poll = runtime.settings.job_poll_seconds
+        queues = ", ".join(self.queues or runtime.jobs.catalog.queues())
+        log.info("concord worker: %d processes on queues %s", self.processes, queues)
         while not self.stopping:
             try:
-                self._replace_dead()
-                self.runtime.jobs.maintenance.sweep()
+                self._replace_dead(runtime)
+                runtime.jobs.maintenance.sweep()
             except Exception:  # the database or Redis is down for now: keep supervising
                 log.exception("concord worker: maintenance sweep failed")
             deadline = time.monotonic() + poll
@@ -88,19 +106,21 @@ class Supervisor:
 
     def _stop_children(self) -> None:
         for child in self.children:
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
+            if child.process.exitcode is None:
+                child.process.terminate()  # SIGTERM: RQ's warm shutdown
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         for child in self.children:
-            try:
-                child.process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+            if child.process.exitcode is None:
                 child.process.kill()
-                child.process.wait()
+                child.process.join()
 
 
 def burst(runtime: Runtime, queues: Sequence[str]) -> int:
     """Relay and work until no job on ``queues`` is due (for scripts and tests)."""
+    from concord_core.jobs.lease import has_due_job
+    from workers.rq_worker import run_worker
+
     while True:
         runtime.jobs.maintenance.sweep(relay_grace=0.0)
         run_worker(runtime, queues, burst=True)
@@ -108,9 +128,29 @@ def burst(runtime: Runtime, queues: Sequence[str]) -> int:
             return 0
 
 
-def serve(runtime: Runtime, queues: Sequence[str] | None, processes: int, *, burst_mode: bool = False) -> int:
-    """Run ``concord worker`` on ``runtime`` (whose settings must name Redis)."""
-    chosen = list(queues) if queues else runtime.jobs.catalog.queues()
+def serve(
+    open_runtime: Callable[[], Runtime],
+    queues: Sequence[str] | None,
+    processes: int,
+    *,
+    burst_mode: bool = False,
+) -> int:
+    """Run ``concord worker``: its worker processes start at once; ``open_runtime`` (whose settings name
+    Redis) is called for the maintenance loop meanwhile."""
     if burst_mode:
-        return burst(runtime, chosen)
-    return Supervisor(runtime, chosen, processes).run()
+        runtime = open_runtime()
+        try:
+            return burst(runtime, list(queues) if queues else runtime.jobs.catalog.queues())
+        finally:
+            runtime.close()
+    supervisor = Supervisor(queues, processes)
+    supervisor.start()
+    try:
+        runtime = open_runtime()
+    except BaseException:
+        supervisor._stop_children()
+        raise
+    try:
+        return supervisor.run(runtime)
+    finally:
+        runtime.close()

@@ -31,8 +31,6 @@ def _system() -> Any:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from concord_core.db.migrate import status
-    from concord_core.observability.logging import configure_logging
     from workers.supervisor import serve
 
     if not settings.redis_url:
@@ -41,20 +39,22 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    queues = [q for part in args.queues or [] for q in part.split(",") if q]
+    return int(serve(lambda: _open_for_work(settings), queues or None, args.processes, burst_mode=args.burst))
+
+
+def _open_for_work(settings: Settings) -> Any:
+    """The worker's runtime, once the database is known to be migrated (workers never migrate)."""
+    from concord_core.db.migrate import status
+    from concord_core.observability.logging import configure_logging
+
     configure_logging(settings.log_level, settings.log_json)
     runtime = _runtime(settings)
-    try:
-        state = status(runtime.db)
-        if not state.up_to_date:
-            print(
-                f"concord worker: the database is behind ({state.current}); run `concord migrate`",
-                file=sys.stderr,
-            )
-            return 2
-        queues = [q for part in args.queues or [] for q in part.split(",") if q]
-        return serve(runtime, queues or None, args.processes, burst_mode=args.burst)
-    finally:
+    state = status(runtime.db)
+    if not state.up_to_date:
         runtime.close()
+        raise SystemExit(f"concord worker: the database is at {state.current}; run `concord migrate`")
+    return runtime
 
 
 def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:

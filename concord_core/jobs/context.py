@@ -47,7 +47,7 @@ class WorkerStopping(Exception):
 
 
 class DurableJobContext:
-    """One attempt's context; its heartbeat thread calls :meth:`beat`."""
+    """One attempt's context; the process's heartbeat thread calls :meth:`beat`."""
 
     def __init__(self, service: JobService, held: Claim) -> None:
         self._service = service

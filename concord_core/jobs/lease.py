@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from concord_core.db.engine import Database
 from concord_core.db.models import Job, JobRun
-from concord_core.db.types import utcnow
+from concord_core.db.types import UtcDateTime, new_id, utcnow
 from concord_core.jobs.records import JobStatus, Journal
 
 MAX_BACKOFF_SECONDS = 600.0
@@ -81,6 +81,33 @@ def has_due_job(db: Database, queues: list[str] | None = None) -> bool:
         return session.scalar(query.limit(1)) is not None
 
 
+def _taking(chosen: Any) -> Any:
+    """``UPDATE jobs`` taking the job ``chosen`` (an id or a subquery) if it is due; bind parameters
+    ``now``, ``worker`` and ``expires``."""
+    now = bindparam("now", type_=UtcDateTime())
+    return (
+        update(Job)
+        .where(Job.id == chosen, Job.status == JobStatus.QUEUED.value, Job.run_after <= now)
+        .values(
+            status=JobStatus.RUNNING.value,
+            attempts=Job.attempts + 1,
+            lease_owner=bindparam("worker"),
+            lease_expires_at=bindparam("expires", type_=UtcDateTime()),
+            heartbeat_at=now,
+            dispatched_at=func.coalesce(Job.dispatched_at, now),
+            error=None,
+            updated_at=now,
+        )
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# Built once: the statements every job runs are compiled and cached once, not rebuilt per job.
+_TAKE_BY_ID = _taking(bindparam("job_id"))
+_OPEN_RUN = insert(JobRun)
+
+
 def claim(
     db: Database,
     worker: str,
@@ -90,30 +117,30 @@ def claim(
     queues: list[str] | None = None,
 ) -> Claim | None:
     """Claim job ``job_id`` if it is due, or else the oldest due job on ``queues`` (any queue if None).
-    Returns None when there is nothing to claim (the job is not queued, not due, or taken)."""
+    Returns None when there is nothing to claim (the job is not queued, not due, or taken).
+
+    One ``UPDATE ... RETURNING`` takes the job: by id (a concurrent claimer waits for the row and then finds
+    it no longer queued), or through a ``FOR UPDATE SKIP LOCKED`` subquery for the next due job."""
     now = utcnow()
-    query = select(Job).where(_due(now))
+    params: dict[str, Any] = {"now": now, "worker": worker, "expires": now + timedelta(seconds=lease_seconds)}
     if job_id is not None:
-        query = query.where(Job.id == job_id)
+        taking, params["job_id"] = _TAKE_BY_ID, job_id
     else:
+        pick = select(Job.id).where(_due(now))
         if queues is not None:
-            query = query.where(Job.queue.in_(queues))
-        query = query.order_by(Job.run_after, Job.id).limit(1)
+            pick = pick.where(Job.queue.in_(queues))
+        taking = _taking(
+            pick.order_by(Job.run_after, Job.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()
+        )
     with db.write() as session:
-        job = session.scalar(query.with_for_update(skip_locked=True))
+        job = session.scalar(taking, params)
         if job is None:
             return None
-        job.status = JobStatus.RUNNING.value
-        job.attempts += 1
-        job.lease_owner = worker
-        job.lease_expires_at = now + timedelta(seconds=lease_seconds)
-        job.heartbeat_at = now
-        job.dispatched_at = job.dispatched_at or now
-        job.error = None
-        job.updated_at = now
-        run = JobRun(job_id=job.id, attempt=job.attempts, worker=worker, started_at=now)
-        session.add(run)
-        session.flush()
+        run_id = new_id()
+        session.execute(
+            _OPEN_RUN,
+            {"id": run_id, "job_id": job.id, "attempt": job.attempts, "worker": worker, "started_at": now},
+        )
         journal = Journal(session)
         journal.job(job, "JOB_STARTED", action="job.start", detail={"worker": worker})
         journal.flush()
@@ -121,7 +148,7 @@ def claim(
             job_id=job.id,
             attempt=job.attempts,
             worker=worker,
-            run_id=run.id,
+            run_id=run_id,
             job_type=job.job_type,
             queue=job.queue,
             workspace_id=job.workspace_id,
@@ -162,10 +189,30 @@ def lock_held(session: Session, held: Claim) -> Job:
     return job
 
 
+_CLOSE_RUN = (
+    update(JobRun)
+    .where(
+        JobRun.job_id == bindparam("run_job_id"),
+        JobRun.attempt == bindparam("run_attempt"),
+        JobRun.finished_at.is_(None),
+    )
+    .values(
+        finished_at=bindparam("finished_at", type_=UtcDateTime()),
+        outcome=bindparam("outcome"),
+        error=bindparam("error"),
+    )
+)
+
+
 def close_run(session: Session, job_id: str, attempt: int, outcome: str, error: str | None) -> None:
     """Finish the attempt's ``job_runs`` row (if it is still open)."""
     session.execute(
-        update(JobRun)
-        .where(JobRun.job_id == job_id, JobRun.attempt == attempt, JobRun.finished_at.is_(None))
-        .values(finished_at=utcnow(), outcome=outcome, error=error)
+        _CLOSE_RUN,
+        {
+            "run_job_id": job_id,
+            "run_attempt": attempt,
+            "finished_at": utcnow(),
+            "outcome": outcome,
+            "error": error,
+        },
     )

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from concord_core.auth.policy import Visibility
 from concord_core.db.models import AuditEntry, Job
+from concord_core.db.types import utcnow
 from concord_core.events.log import append_event, canonical_json
 from concord_core.observability.context import current
 from concord_core.operators.base import Change
@@ -29,6 +31,8 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+
+_AUDIT = insert(AuditEntry)
 
 #: The live-update topic published whenever events were appended.
 EVENTS_TOPIC = "events"
@@ -154,18 +158,20 @@ class Journal:
         if self.change is not None:
             return
         request = current()
-        self.session.add(
-            AuditEntry(
-                actor_id=actor_id,
-                action=action,
-                target_type=target_type,
-                target_id=target_id,
-                workspace_id=workspace_id,
-                request_id=request.request_id,
-                client_addr=request.client_addr,
-                outcome=outcome,
-                detail=detail,
-            )
+        self.session.execute(
+            _AUDIT,
+            {
+                "created_at": utcnow(),
+                "actor_id": actor_id,
+                "action": action,
+                "target_type": target_type,
+                "target_id": target_id,
+                "workspace_id": workspace_id,
+                "request_id": request.request_id,
+                "client_addr": request.client_addr,
+                "outcome": outcome,
+                "detail": detail,
+            },
         )
 
     def flush(self) -> None:

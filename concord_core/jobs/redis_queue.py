@@ -92,9 +92,10 @@ class RqDispatcher:
             log.warning("could not enqueue %d job(s) on RQ (%s); the relay will", len(due), exc)
 
     def relay(self, db: Database, *, grace_seconds: float, verify_seconds: float, limit: int = 500) -> int:
-        """Give every due queued job whose message is missing from Redis a new one. Considers jobs never
+        """Give every due queued job whose message is missing from Redis a new one. Considers new jobs never
         marked dispatched once they are ``grace_seconds`` overdue (the API's own wake-up usually beats
-        that), and re-checks dispatched ones every ``verify_seconds``. Returns how many it enqueued."""
+        that), retries as soon as they are due, and re-checks dispatched ones every ``verify_seconds``.
+        Returns how many it enqueued."""
         now = utcnow()
         query = (
             select(Job.id, Job.queue, Job.attempts, Job.timeout_seconds, Job.run_after)
@@ -104,6 +105,8 @@ class RqDispatcher:
                     and_(
                         Job.dispatched_at.is_(None), Job.run_after <= now - timedelta(seconds=grace_seconds)
                     ),
+                    # A retry falling due has no wake-up coming from anywhere else: send it at once.
+                    and_(Job.dispatched_at.is_(None), Job.attempts > 0, Job.run_after <= now),
                     Job.dispatched_at <= now - timedelta(seconds=verify_seconds),
                 ),
             )

@@ -1,17 +1,20 @@
 """The one runner both dispatchers share: run a claimed job's handler and record how it ended.
 
-While the handler runs, a heartbeat thread renews the lease every third of its length. The handler's end is
-mapped to an outcome: its return value (a JSON object) is success; :class:`JobCancelled` is cancellation;
-:class:`PermanentJobError`, an operator's refusal of bad input, or an unknown job type fail at once; a
-timeout or any other exception is retried with backoff until ``max_attempts``; a worker shutting down
-puts the job back in the queue. If the lease was lost
-meanwhile nothing is recorded: the job belongs to someone else now.
+While the handler runs, the process's heartbeat thread renews its lease every third of its length. How the
+handler ended is mapped to an outcome: its return value (a JSON object) is success; :class:`JobCancelled`
+is cancellation; :class:`PermanentJobError`, an operator's refusal of bad input, or an unknown job type
+fail at once; a timeout or any other exception is retried with backoff until ``max_attempts``; a worker
+shutting down puts the job back in the queue. If the lease was lost meanwhile nothing is recorded: the job
+belongs to someone else now.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from concord_core.events.log import canonical_json
@@ -32,29 +35,40 @@ RETRYABLE_CODES = frozenset({ErrorCode.CONFLICT, ErrorCode.RATE_LIMITED, ErrorCo
 MAX_ERROR_CHARS = 4000
 
 
-class Heartbeat:
-    """Calls ``context.beat()`` every ``interval`` seconds until stopped."""
+class Heartbeats:
+    """One thread per process renewing the lease of every job running in it, every ``interval`` seconds
+    (a thread per job would cost more than a short job itself)."""
 
-    def __init__(self, context: DurableJobContext, interval: float) -> None:
-        self._context = context
+    def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{context.job_id}", daemon=True)
+        self._lock = threading.Lock()
+        self._contexts: set[DurableJobContext] = set()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def keep(self, context: DurableJobContext) -> Iterator[None]:
+        """Renew ``context``'s lease while the block runs."""
+        with self._lock:
+            self._contexts.add(context)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="concord-heartbeats", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._contexts.discard(context)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._context.beat()
-            except Exception:  # a database hiccup: the next beat tries again
-                log.warning("heartbeat of job %s failed", self._context.job_id, exc_info=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        while True:
+            time.sleep(self._interval)
+            with self._lock:
+                running = list(self._contexts)
+            for context in running:
+                try:
+                    context.beat()
+                except Exception:  # a database hiccup: the next beat tries again
+                    log.warning("heartbeat of job %s failed", context.job_id, exc_info=True)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -105,7 +119,7 @@ def execute(service: JobService, held: Claim) -> Outcome | None:
     context = DurableJobContext(service, held)
     with bind(request_id=new_request_id(), user_id=held.owner_id, operation=f"job:{held.job_type}"):
         try:
-            with Heartbeat(context, service.settings.job_lease_seconds / 3):
+            with service.heartbeats.keep(context):
                 outcome = run_handler(service, held, context)
         except LeaseLost:
             log.warning(

@@ -23,7 +23,7 @@ from concord_core.jobs.lease import Claim, claim
 from concord_core.jobs.maintenance import Maintenance
 from concord_core.jobs.notify import Notifier, open_notifier
 from concord_core.jobs.records import EVENTS_TOPIC, JobStatus, Journal
-from concord_core.jobs.runner import execute
+from concord_core.jobs.runner import Heartbeats, execute
 from concord_core.jobs.transitions import Outcome, settle
 from concord_core.operators.base import AfterCommit, Change, OperationContext
 from concord_core.plugins.registry import LensRegistry
@@ -65,6 +65,7 @@ class JobService:
             self.rq = RqDispatcher(settings.redis_url, settings.redis_namespace)
         self.dispatcher: Dispatcher = self.rq or InlineDispatcher(self, settings.job_threads)
         self.maintenance = Maintenance(self, relay=self.rq is not None)
+        self.heartbeats = Heartbeats(settings.job_lease_seconds / 3)
         #: Set while this process shuts down: running handlers hand their jobs back at their next call.
         self.stopping = threading.Event()
         self._running = False
@@ -190,6 +191,7 @@ class JobService:
         """With RQ: send a wake-up for every due job whose message is missing (see ``RqDispatcher.relay``)."""
         if self.rq is None:
             return 0
+        # A message is presumed lost when its job has waited ten sweeps without being claimed.
         return self.rq.relay(
-            self.db, grace_seconds=grace_seconds, verify_seconds=max(5.0, 5 * self.settings.job_poll_seconds)
+            self.db, grace_seconds=grace_seconds, verify_seconds=max(1.0, 10 * self.settings.job_poll_seconds)
         )

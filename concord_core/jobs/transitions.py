@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from concord_core.db.engine import Database
 from concord_core.db.models import Job
 from concord_core.db.types import utcnow
-from concord_core.jobs.lease import Claim, backoff_seconds, close_run, lock_held
+from concord_core.jobs.lease import Claim, LeaseLost, backoff_seconds, close_run, holds, lock_held
 from concord_core.jobs.records import JobStatus, Journal
 
 log = logging.getLogger("concord.jobs")
@@ -112,21 +112,34 @@ def settle(
     """Record how a run ended, fenced on the claim (raises LeaseLost if the job is no longer ours)."""
     with db.write() as session:
         journal = Journal(session)
-        job = lock_held(session, held)
         now = utcnow()
         if isinstance(outcome, Succeeded):
-            close_run(session, job.id, job.attempts, "succeeded", None)
-            job.status = JobStatus.SUCCEEDED.value
-            job.output = outcome.output
-            job.progress = 1.0
-            job.error = None
-            job.finished_at = now
-            job.updated_at = now
-            job.lease_owner = None
-            job.lease_expires_at = None
+            # The common case in one statement: fenced on the claim, returning the row for the event.
+            job = session.scalar(
+                update(Job)
+                .where(holds(held))
+                .values(
+                    status=JobStatus.SUCCEEDED.value,
+                    output=outcome.output,
+                    progress=1.0,
+                    error=None,
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+                .returning(Job)
+                .execution_options(synchronize_session=False)
+            )
+            if job is None:
+                raise LeaseLost(held.job_id)
+            close_run(session, job.id, held.attempt, "succeeded", None)
             journal.job(job, "JOB_SUCCEEDED", action="job.succeeded")
             on_terminal(journal, job)
-        elif isinstance(outcome, Cancelled):
+            journal.flush()
+            return journal
+        job = lock_held(session, held)
+        if isinstance(outcome, Cancelled):
             close_run(session, job.id, job.attempts, "cancelled", None)
             _cancel(journal, job, on_terminal)
         elif isinstance(outcome, Released):

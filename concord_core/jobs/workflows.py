@@ -58,6 +58,9 @@ class StepKind(enum.StrEnum):
     REVIEW = "review"
 
 
+#: The input key naming the workflow a step's job belongs to.
+STEP_MARK = "workflowId"
+
 FINISHED = frozenset({WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED})
 
 #: ``build(workflow_input, outputs_by_step_name) -> job input``
@@ -205,7 +208,7 @@ def _start_step(journal: Journal, workflow: Workflow, step: WorkflowStep, catalo
         spec,
         workspace_id=workflow.workspace_id,
         owner_id=workflow.owner_id,
-        payload={**payload, "workflowId": workflow.id, "step": step.name},
+        payload={**payload, STEP_MARK: workflow.id, "step": step.name},
     )
     step.job_id = job.id
     step.status = StepStatus.RUNNING.value
@@ -239,6 +242,8 @@ def _lock_workflow(session: Session, workflow_id: str) -> Workflow | None:
 def advance_after_job(journal: Journal, job: Job, catalog: JobCatalog) -> None:
     """Inside the transaction that ended ``job``: if it is a workflow step, record the step's result and
     move the workflow on (next step, review, success, failure or cancellation)."""
+    if STEP_MARK not in job.input:
+        return  # not a workflow step (saves a query on every job)
     step = journal.session.scalar(select(WorkflowStep).where(WorkflowStep.job_id == job.id))
     if step is None:
         return

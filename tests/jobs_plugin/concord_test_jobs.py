@@ -46,7 +46,7 @@ def noop(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
 
 def count(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Sum 1..to, one number per ``delay`` seconds, checkpointing each; writes an artifact halfway and one
-    with the result. A re-run resumes from the checkpoint and returns exactly what an uninterrupted run does."""
+    with the result. A re-run resumes from the checkpoint and returns what an uninterrupted run does."""
     to, delay = int(payload["to"]), float(payload.get("delay", 0.0))
     state = ctx.checkpoint_state or {"i": 0, "total": 0}
     half: tuple[str, int] | None = None
@@ -57,7 +57,11 @@ def count(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
         total += i
         if i == to // 2:
             half = ctx.write_artifact(
-                step="half", role="partial", name="half", content=f"{total}\n".encode(), media_type="text/plain"
+                step="half",
+                role="partial",
+                name="half",
+                content=f"{total}\n".encode(),
+                media_type="text/plain",
             )
         ctx.checkpoint({"i": i, "total": total})
         ctx.progress(i / to, f"{i} of {to}")

@@ -1,0 +1,350 @@
+"""Durable jobs end to end: throughput against plain RQ, enqueue-to-start latency, recovery after SIGKILL.
+
+Everything runs against a fresh PostgreSQL database and a Redis server of the benchmark's own (started on a
+free port, so the shared one is never touched):
+
+1. **Concord**: ``concord worker --processes 2``; N no-op jobs enqueued by 4 client threads through the
+   enqueue operator (job row + event + audit in one transaction, then the RQ wake-up); timed from the first
+   enqueue to the last job recorded succeeded. Latency is ``job_runs.started_at - jobs.created_at`` over
+   100 more jobs enqueued one at a time, 50 ms apart (dispatch latency, not the throughput run's backlog).
+2. **Plain RQ** on the same Redis: 2 ``rq worker`` processes, N no-op functions enqueued by 4 threads with
+   ``Queue.enqueue``; timed until RQ's finished registry holds them all. Both RQ's SimpleWorker (what
+   Concord's workers are) and its default forking Worker (over at most 300 jobs).
+3. **Recovery**: a checkpointed job runs on worker A; worker B is idle; A's process group is SIGKILLed;
+   timed from the kill until the job runs again on B, and until it succeeds.
+
+    .venv/bin/python benchmarks/jobs.py                 # 2000 jobs
+    .venv/bin/python benchmarks/jobs.py -n 5000
+
+Targets (issue 5): at least 150 jobs per second, at least half of plain RQ's rate, recovery within 30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis
+from rq import Queue
+from rq.registry import FinishedJobRegistry
+from sqlalchemy import func, select
+
+from benchmarks.common import DEFAULT_POSTGRES_URL, ROOT, header, percentile, postgres_database
+from concord_core.api.gql.schema import KERNEL
+from concord_core.api.runtime import Runtime
+from concord_core.db.migrate import upgrade
+from concord_core.db.models import Job, JobRun
+from concord_core.jobs.enqueue import enqueue_job
+from concord_core.plugins.registry import discover, load_registry
+from concord_core.settings import Settings, load_settings
+
+LENS_DIR = Path(__file__).resolve().parent / "jobs_lens"
+CLIENTS = 4
+LATENCY_SAMPLES = 100
+LATENCY_GAP = 0.05
+TARGET_RATE = 150.0
+TARGET_RECOVERY = 30.0
+
+
+def noop() -> None:
+    """What plain RQ runs."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("benchmarks/jobs.py needs redis-server on PATH")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait(lambda: _pings(url), 10, "redis-server did not start")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def wait(check: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out: {what}")
+        time.sleep(interval)
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CONCORD_")}
+    env.update(
+        CONCORD_DATABASE_URL=settings.resolved_database_url,
+        CONCORD_DATA_DIR=str(settings.data_dir),
+        CONCORD_STORAGE_URL=str(settings.storage_url),
+        CONCORD_REDIS_URL=str(settings.redis_url),
+        CONCORD_REDIS_NAMESPACE=settings.redis_namespace,
+        CONCORD_LOG_LEVEL="WARNING",
+        PYTHONPATH=os.pathsep.join([str(LENS_DIR), str(ROOT)]),
+    )
+    return env
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def kill_group(process: subprocess.Popen[bytes], signum: int = signal.SIGKILL) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+    process.wait(timeout=60)
+
+
+def concord_worker(env: dict[str, str], log: Path, processes: int) -> subprocess.Popen[bytes]:
+    return start(
+        [sys.executable, "-m", "concord_core.cli.main", "worker", "--processes", str(processes)], env, log
+    )
+
+
+def enqueue_many(runtime: Runtime, job_type: str, count: int) -> list[str]:
+    assert runtime.local_owner_id is not None
+    ops = runtime.operation_context(runtime.principal_for_user(runtime.local_owner_id))
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def client(share: int) -> None:
+        for _ in range(share):
+            job, _ = enqueue_job(ops, runtime.jobs.catalog, {"job_type": job_type, "input": {}})
+            with lock:
+                ids.append(job.id)
+
+    threads = [
+        threading.Thread(target=client, args=(count // CLIENTS + (i < count % CLIENTS),))
+        for i in range(CLIENTS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return ids
+
+
+def succeeded(runtime: Runtime, ids: list[str]) -> int:
+    with runtime.db.read() as session:
+        total = 0
+        for start_at in range(0, len(ids), 1000):
+            chunk = ids[start_at : start_at + 1000]
+            total += (
+                session.scalar(select(func.count()).where(Job.id.in_(chunk), Job.status == "succeeded")) or 0
+            )
+        return total
+
+
+def bench_concord(runtime: Runtime, env: dict[str, str], log: Path, count: int) -> tuple[float, list[float]]:
+    """Throughput over ``count`` jobs enqueued at once; then latency over jobs enqueued one at a time, well
+    below capacity (so it measures dispatch, not the backlog of the throughput run)."""
+    worker = concord_worker(env, log, 2)
+    try:
+        warm = enqueue_many(runtime, "bench.noop", 40)
+        wait(lambda: succeeded(runtime, warm) == len(warm), 60, "warm-up jobs")
+        started = time.perf_counter()
+        ids = enqueue_many(runtime, "bench.noop", count)
+        wait(lambda: succeeded(runtime, ids) == count, 600, "Concord jobs", interval=0.05)
+        elapsed = time.perf_counter() - started
+        paced = []
+        for _ in range(LATENCY_SAMPLES):
+            paced += enqueue_many(runtime, "bench.noop", 1)
+            time.sleep(LATENCY_GAP)
+        wait(lambda: succeeded(runtime, paced) == len(paced), 60, "latency jobs")
+    finally:
+        kill_group(worker, signal.SIGTERM)
+    with runtime.db.read() as session:
+        rows = session.execute(
+            select(Job.created_at, func.min(JobRun.started_at))
+            .join(JobRun, JobRun.job_id == Job.id)
+            .where(Job.id.in_(paced))
+            .group_by(Job.id, Job.created_at)
+        ).all()
+    latencies = [(started_at - created).total_seconds() * 1000 for created, started_at in rows]
+    return count / elapsed, latencies
+
+
+def bench_plain_rq(redis_url: str, env: dict[str, str], log: Path, count: int, worker_class: str) -> float:
+    connection = redis.Redis.from_url(redis_url)
+    queue = Queue(f"plain-{worker_class.rsplit('.', 1)[-1].lower()}", connection=connection)
+    rq = str(Path(sys.executable).with_name("rq"))
+    command = [rq, "worker", "--url", redis_url, "-w", worker_class, "--logging_level", "WARNING", queue.name]
+    workers = [start(command, env, log) for _ in range(2)]
+    registry = FinishedJobRegistry(queue=queue)
+    try:
+        for _ in range(20):
+            queue.enqueue("benchmarks.jobs.noop")
+        wait(lambda: registry.count >= 20, 60, "plain RQ warm-up")
+        started = time.perf_counter()
+
+        def client(share: int) -> None:
+            own = Queue(queue.name, connection=redis.Redis.from_url(redis_url))
+            for _ in range(share):
+                own.enqueue("benchmarks.jobs.noop")
+
+        threads = [
+            threading.Thread(target=client, args=(count // CLIENTS + (i < count % CLIENTS),))
+            for i in range(CLIENTS)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wait(lambda: registry.count >= count + 20, 600, "plain RQ jobs", interval=0.05)
+        return count / (time.perf_counter() - started)
+    finally:
+        for worker in workers:
+            kill_group(worker, signal.SIGTERM)
+
+
+def bench_recovery(runtime: Runtime, env: dict[str, str], directory: Path) -> tuple[float, float]:
+    worker_a = concord_worker(env, directory / "worker-a.log", 1)
+    worker_b: subprocess.Popen[bytes] | None = None
+    try:
+        (job_id,) = [
+            enqueue_job(
+                runtime.operation_context(runtime.principal_for_user(str(runtime.local_owner_id))),
+                runtime.jobs.catalog,
+                {"job_type": "bench.steps", "input": {"count": 100, "delay": 0.05}},
+            )[0].id
+        ]
+
+        def progress() -> int:
+            with runtime.db.read() as session:
+                job = session.get(Job, job_id)
+                return int(((job.checkpoint if job else None) or {}).get("done", 0))
+
+        wait(lambda: progress() >= 1, 60, "the job to start on worker A")
+        worker_b = concord_worker(env, directory / "worker-b.log", 1)
+        time.sleep(5)  # B is up and idle
+        wait(lambda: progress() >= 40, 60, "the job to get going")
+        kill_group(worker_a)
+        killed = time.perf_counter()
+
+        def restarted() -> bool:
+            with runtime.db.read() as session:
+                return bool(
+                    session.scalar(select(func.count()).where(JobRun.job_id == job_id, JobRun.attempt == 2))
+                )
+
+        wait(restarted, 120, "the job to run again")
+        to_restart = time.perf_counter() - killed
+        wait(lambda: succeeded(runtime, [job_id]) == 1, 120, "the job to succeed")
+        return to_restart, time.perf_counter() - killed
+    finally:
+        kill_group(worker_a)
+        if worker_b is not None:
+            kill_group(worker_b, signal.SIGTERM)
+
+
+def bench_lens() -> object:
+    sys.path.insert(0, str(LENS_DIR))
+    import concord_bench_jobs
+
+    return concord_bench_jobs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=2000, help="jobs per throughput run (default 2000)")
+    parser.add_argument("--postgres", default=DEFAULT_POSTGRES_URL, help="admin URL of the PostgreSQL server")
+    args = parser.parse_args()
+    header("Durable jobs: Concord on RQ vs plain RQ (2 worker processes each), latency, recovery")
+    with tempfile.TemporaryDirectory() as temp, postgres_database(args.postgres) as database_url:
+        directory = Path(temp)
+        with redis_server(directory) as redis_url:
+            settings = load_settings(
+                data_dir=directory,
+                database_url=database_url,
+                storage_url=str(directory / "objects"),
+                redis_url=redis_url,
+                redis_namespace="bench",
+                log_level="WARNING",
+            )
+            lenses = load_registry(
+                KERNEL,
+                skip_invalid=False,
+                plugins=[*discover(), ("bench = concord_bench_jobs", bench_lens())],
+            )
+            runtime = Runtime.open(settings, lenses)
+            upgrade(runtime.db)
+            runtime.start()
+            env = env_for(settings)
+            try:
+                rate, latencies = bench_concord(runtime, env, directory / "concord.log", args.n)
+                print(f"concord (RQ, 2 workers, PostgreSQL): {rate:8.1f} jobs/s over {args.n} no-op jobs")
+                print(
+                    f"enqueue-to-start latency:            p50 {percentile(latencies, 0.5):6.1f} ms, "
+                    f"p95 {percentile(latencies, 0.95):6.1f} ms"
+                )
+                simple = bench_plain_rq(
+                    redis_url, env, directory / "rq-simple.log", args.n, "rq.worker.SimpleWorker"
+                )
+                print(f"plain RQ, SimpleWorker:              {simple:8.1f} jobs/s")
+                fork_count = min(args.n, 300)  # a fork per job is slow: fewer jobs keep the run short
+                forking = bench_plain_rq(
+                    redis_url, env, directory / "rq-fork.log", fork_count, "rq.worker.Worker"
+                )
+                print(f"plain RQ, Worker (fork per job):     {forking:8.1f} jobs/s")
+                print(
+                    f"concord / plain RQ:                  {rate / simple:8.2f} of SimpleWorker, "
+                    f"{rate / forking:.2f} of Worker"
+                )
+                to_restart, to_done = bench_recovery(runtime, env, directory)
+                print(
+                    f"recovery after SIGKILL:              running again after {to_restart:.1f} s, "
+                    f"succeeded {to_done:.1f} s after the kill"
+                )
+                bound = settings.job_lease_seconds + settings.job_poll_seconds
+                print(f"lease expiry bound (another host):   {bound:.1f} s")
+            finally:
+                runtime.close()
+    ok = rate >= TARGET_RATE and rate >= simple / 2 and to_restart <= TARGET_RECOVERY
+    print(
+        f"targets: >= {TARGET_RATE:.0f} jobs/s: {'met' if rate >= TARGET_RATE else 'MISSED'}; "
+        f">= half of plain RQ (SimpleWorker): {'met' if rate >= simple / 2 else 'MISSED'}; "
+        f"recovery <= {TARGET_RECOVERY:.0f} s: {'met' if to_restart <= TARGET_RECOVERY else 'MISSED'}"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

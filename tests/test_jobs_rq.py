@@ -1,0 +1,322 @@
+"""Durable jobs through RQ, with real processes and real signals (issue 5's proof).
+
+* ``concord worker`` processes run jobs on SQLite and on PostgreSQL, and a worker's progress wakes a
+  subscriber in another process;
+* SIGKILL of a worker's process group in the middle of a checkpointed job: another worker finishes it from
+  the checkpoint within 30 seconds, with the result of an uninterrupted run and no duplicated artifact;
+* SIGKILL of the server right after a mutation commits its job and before it is enqueued: the job runs;
+* ``FLUSHALL`` of Redis while jobs are queued and running: every job completes (on a Redis server of this
+  test's own, never the shared one);
+* a poison job that kills its worker fails after ``maxAttempts`` with its error on every run, without
+  holding up other jobs;
+* one idempotency key sent at once by many HTTP clients creates exactly one job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from conftest import make_settings
+from jobs_support import (
+    Worker,
+    graphql,
+    job_row,
+    open_runtime,
+    owner_ops,
+    process_env,
+    start_worker,
+    wait_for,
+    wait_status,
+)
+from procs import free_port, start_server
+from sqlalchemy import func, select
+
+from concord_core.api.gql.ids import from_global_id
+from concord_core.api.runtime import Runtime
+from concord_core.db.models import ArtifactVersion, Job, JobArtifact, JobRun
+from concord_core.jobs.enqueue import enqueue_job
+from concord_core.jobs.service import CRASH_AFTER_COMMIT
+from concord_core.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+LEASE = "3"
+POLL = "0.2"
+ENQUEUE = """
+mutation Enqueue($type: String!, $input: JSON, $key: String) {
+  enqueueJob(type: $type, input: $input, idempotencyKey: $key) { job { id status } errors { code } }
+}"""
+
+
+def settings_for(tmp_path: Path, database_url: str, redis_url: str, namespace: str) -> Settings:
+    return make_settings(
+        tmp_path,
+        database_url,
+        redis_url=redis_url,
+        redis_namespace=namespace,
+        job_lease_seconds=float(LEASE),
+        job_poll_seconds=float(POLL),
+        job_retry_base_seconds=0.1,
+    )
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    assert settings.redis_url is not None
+    return process_env(
+        settings.data_dir,
+        settings.resolved_database_url,
+        redis_url=settings.redis_url,
+        redis_namespace=settings.redis_namespace,
+        job_lease_seconds=LEASE,
+        job_poll_seconds=POLL,
+        job_retry_base_seconds="0.1",
+        log_level=os.environ.get("TEST_LOG_LEVEL", "WARNING"),
+        **extra,
+    )
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path, database_url: str, redis_url: str, redis_namespace: str
+) -> Iterator[tuple[Runtime, dict[str, str]]]:
+    settings = settings_for(tmp_path, database_url, redis_url, redis_namespace)
+    with open_runtime(settings) as runtime:
+        yield runtime, env_for(settings)
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        if worker.alive():
+            worker.kill()
+
+
+def enqueue(runtime: Runtime, job_type: str, payload: dict[str, Any] | None = None) -> str:
+    job, _ = enqueue_job(
+        owner_ops(runtime), runtime.jobs.catalog, {"job_type": job_type, "input": payload or {}}
+    )
+    return job.id
+
+
+def artifact_hashes(runtime: Runtime, job_id: str) -> dict[tuple[str, str], str]:
+    with runtime.db.read() as session:
+        links = session.scalars(select(JobArtifact).where(JobArtifact.job_id == job_id)).all()
+        return {
+            (link.step_key, link.role): session.get(
+                ArtifactVersion, (link.artifact_id, link.artifact_version)
+            ).blob_sha256  # type: ignore[union-attr]
+            for link in links
+        }
+
+
+def test_rq_workers_run_jobs_and_their_progress_reaches_other_processes(
+    deployment: tuple[Runtime, dict[str, str]], workers: list[Worker], tmp_path: Path
+) -> None:
+    runtime, env = deployment
+    ids = {
+        "noop": enqueue(runtime, "testjobs.noop", {"n": 1}),
+        "count": enqueue(runtime, "testjobs.count", {"to": 10, "delay": 0.05}),
+        "flaky": enqueue(runtime, "testjobs.flaky", {"succeed_on": 2}),
+        "permanent": enqueue(runtime, "testjobs.permanent"),
+    }
+    with runtime.jobs.notifier.subscribe([f"job:{ids['count']}"]) as wakeups:
+        workers.append(start_worker(env, tmp_path / "worker.log"))
+        assert wakeups.wait_sync(30), "no live update from the worker process"
+    for name in ("noop", "count", "flaky"):
+        assert wait_status(runtime, ids[name], "succeeded", timeout=30).status == "succeeded", workers[
+            0
+        ].log()
+    assert job_row(runtime, ids["count"]).output["total"] == 55  # type: ignore[index]
+    assert job_row(runtime, ids["flaky"]).attempts == 2
+    assert wait_status(runtime, ids["permanent"], "failed").attempts == 1
+    with runtime.db.read() as session:
+        worker_names = set(session.scalars(select(JobRun.worker)))
+    assert all(name.endswith("/rq") for name in worker_names)
+    workers[0].stop()
+    assert workers[0].process.returncode == 0, workers[0].log()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_sigkill_of_a_worker_mid_job_resumes_from_the_checkpoint(
+    deployment: tuple[Runtime, dict[str, str]], workers: list[Worker], tmp_path: Path
+) -> None:
+    runtime, env = deployment
+    job_id = enqueue(runtime, "testjobs.count", {"to": 40, "delay": 0.08})
+    workers.append(start_worker(env, tmp_path / "worker-a.log", "--processes", "1"))
+    wait_status(runtime, job_id, "running", timeout=30)
+    # Another worker, on standby: the job is A's, so B has nothing to do until A dies.
+    workers.append(start_worker(env, tmp_path / "worker-b.log", "--processes", "1"))
+    wait_for(lambda: (job_row(runtime, job_id).checkpoint or {}).get("i", 0) >= 25, timeout=30)
+    workers[0].kill()
+    killed_at = time.monotonic()
+    checkpoint = job_row(runtime, job_id).checkpoint
+    assert checkpoint is not None and checkpoint["i"] < 40
+    assert job_row(runtime, job_id).status == "running"  # as far as the database knows
+
+    done = wait_status(runtime, job_id, "succeeded", timeout=30)
+    recovered_in = time.monotonic() - killed_at
+    assert recovered_in < 30
+
+    reference = enqueue(runtime, "testjobs.count", {"to": 40, "delay": 0.0})
+    expected = wait_status(runtime, reference, "succeeded", timeout=30)
+    assert done.output is not None and expected.output is not None
+    assert done.output["total"] == expected.output["total"] == 820
+    assert artifact_hashes(runtime, job_id) == artifact_hashes(runtime, reference)
+    with runtime.db.read() as session:
+        versions = session.scalar(select(func.count()).where(ArtifactVersion.job_id == job_id))
+        runs = session.scalars(select(JobRun).where(JobRun.job_id == job_id).order_by(JobRun.attempt)).all()
+    assert versions == 2  # the halfway artifact and the result, once each
+    assert [(run.attempt, run.outcome) for run in runs] == [(1, "lost"), (2, "succeeded")]
+    error = str(runs[0].error)
+    assert "its process is gone" in error or "lease expired" in error, error
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_poison_job_fails_after_max_attempts_without_holding_up_others(
+    deployment: tuple[Runtime, dict[str, str]], workers: list[Worker], tmp_path: Path
+) -> None:
+    runtime, env = deployment
+    workers.append(start_worker(env, tmp_path / "worker.log", "--processes", "2"))
+    poison = enqueue(runtime, "testjobs.crash")
+    others = [enqueue(runtime, "testjobs.count", {"to": 5, "delay": 0.02}) for _ in range(10)]
+    for job_id in others:
+        wait_status(runtime, job_id, "succeeded", timeout=40)
+    failed = wait_status(runtime, poison, "failed", timeout=40)
+    assert failed.attempts == 3
+    assert failed.error is not None and failed.error.startswith(
+        "failed after 3 attempts: the worker running attempt 3"
+    )
+    with runtime.db.read() as session:
+        runs = session.scalars(select(JobRun).where(JobRun.job_id == poison).order_by(JobRun.attempt)).all()
+    assert [run.outcome for run in runs] == ["lost", "lost", "lost"]
+    assert all(run.error and "exited with status 3" in run.error for run in runs), [r.error for r in runs]
+    assert workers[0].alive()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[str]:
+    """A Redis server of this test's own (it gets flushed), on a free port."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_for(lambda: _pings(url), timeout=10)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_flushing_redis_loses_no_job(
+    tmp_path: Path, database_url: str, own_redis: str, workers: list[Worker]
+) -> None:
+    settings = settings_for(tmp_path, database_url, own_redis, "flush")
+    with open_runtime(settings) as runtime:
+        workers.append(start_worker(env_for(settings), tmp_path / "worker.log", "--processes", "2"))
+        ids = [enqueue(runtime, "testjobs.count", {"to": 8, "delay": 0.05}) for _ in range(12)]
+        wait_for(lambda: sum(job_row(runtime, i).status == "running" for i in ids) >= 1, timeout=30)
+        statuses = {job_row(runtime, i).status for i in ids}
+        assert "queued" in statuses, "flush while some jobs still wait"
+        redis.Redis.from_url(own_redis).flushall()
+        for job_id in ids:
+            wait_status(runtime, job_id, "succeeded", timeout=60)
+        assert {(job_row(runtime, i).output or {}).get("total") for i in ids} == {36}
+
+
+def test_a_server_killed_between_commit_and_dispatch_runs_the_job_on_restart(
+    tmp_path: Path, database_url: str
+) -> None:
+    """In-process dispatch (no Redis): the restarted server finds the committed job and runs it."""
+    plain = process_env(tmp_path, database_url, job_poll_seconds=POLL, job_lease_seconds=LEASE)
+    crashing = {**plain, CRASH_AFTER_COMMIT: "1"}
+    with start_server(crashing, tmp_path / "server-1.log") as server:
+        with pytest.raises(httpx.TransportError):
+            graphql(server.graphql_url, ENQUEUE, {"type": "testjobs.noop", "input": {"n": 1}})
+        server.process.wait(timeout=10)
+        assert server.process.returncode == 70
+    settings = make_settings(tmp_path, database_url)
+    with open_runtime(settings, start_jobs=False) as runtime:
+        with runtime.db.read() as session:
+            job = session.scalar(select(Job))
+        assert job is not None and job.status == "queued"  # committed, never dispatched
+        with start_server(plain, tmp_path / "server-2.log"):
+            assert wait_status(runtime, job.id, "succeeded", timeout=20).output == {
+                "ok": True,
+                "echo": {"n": 1},
+            }
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_server_killed_between_commit_and_enqueue_loses_no_job_to_rq(
+    tmp_path: Path, database_url: str, redis_url: str, redis_namespace: str, workers: list[Worker]
+) -> None:
+    """With RQ: the API process dies before enqueueing; a worker's relay dispatches the committed job."""
+    rq_settings = settings_for(tmp_path, database_url, redis_url, redis_namespace)
+    rq_env = env_for(rq_settings)
+    workers.append(start_worker(rq_env, tmp_path / "worker.log", "--processes", "1"))
+    with start_server({**rq_env, CRASH_AFTER_COMMIT: "1"}, tmp_path / "server-3.log") as server:
+        with pytest.raises(httpx.TransportError):
+            graphql(server.graphql_url, ENQUEUE, {"type": "testjobs.noop", "input": {"n": 2}})
+        server.process.wait(timeout=10)
+    with open_runtime(rq_settings, start_jobs=False) as runtime:
+        with runtime.db.read() as session:
+            relayed = session.scalar(select(Job).where(Job.input["n"].as_integer() == 2))
+        assert relayed is not None
+        assert wait_status(runtime, relayed.id, "succeeded", timeout=20).status == "succeeded"
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_one_idempotency_key_from_many_clients_creates_one_job(tmp_path: Path, database_url: str) -> None:
+    env = process_env(tmp_path, database_url, job_poll_seconds=POLL)
+    with start_server(env, tmp_path / "server.log") as server:
+        start = threading.Barrier(24)
+        answers: list[str] = []
+
+        def client() -> None:
+            with httpx.Client(timeout=30) as http:
+                start.wait()
+                response = http.post(
+                    server.graphql_url,
+                    json={
+                        "query": ENQUEUE,
+                        "variables": {"type": "testjobs.noop", "input": {"x": 1}, "key": "one"},
+                    },
+                )
+                answers.append(response.json()["data"]["enqueueJob"]["job"]["id"])
+
+        threads = [threading.Thread(target=client) for _ in range(24)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(answers) == 24 and len(set(answers)) == 1
+    settings = make_settings(tmp_path, database_url)
+    with open_runtime(settings, start_jobs=False) as runtime:
+        with runtime.db.read() as session:
+            assert session.scalar(select(func.count()).select_from(Job)) == 1
+        assert job_row(runtime, from_global_id(answers[0])[1]).idempotency_key == "one"
