@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeDecorator
 
 from concord_core.browse.cursor import decode_cursor, encode_cursor
 from concord_core.operators.errors import ErrorCode, OperatorError
@@ -42,13 +43,25 @@ class Page(Generic[T]):
 
 
 def _after(columns: Sequence[Any], values: Sequence[Any], descending: bool) -> ColumnElement[bool]:
-    """Rows strictly past ``values`` in the sort direction (expanded row-value comparison)."""
-    clauses = []
-    for index, column in enumerate(columns):
-        equal = [columns[i] == values[i] for i in range(index)]
-        beyond = column < values[index] if descending else column > values[index]
-        clauses.append(and_(*equal, beyond))
-    return or_(*clauses)
+    """Rows strictly past ``values`` in the sort direction: a row-value comparison, which both databases
+    turn into a range on an index over the sort keys (the same condition spelled out with OR is only a
+    filter, so a deep page would read every row before it)."""
+    keys = tuple_(*columns)
+    bounds = tuple_(*(literal(value, column.type) for column, value in zip(columns, values, strict=True)))
+    return keys < bounds if descending else keys > bounds
+
+
+def _kind(column: ColumnElement[Any]) -> type:
+    """The Python type of a sort key's values: the column's (its underlying type's, for a decorated one
+    such as UtcDateTime), or float for a computed rank."""
+    sql_type = column.type
+    if isinstance(sql_type, TypeDecorator):
+        sql_type = sql_type.impl_instance
+    try:
+        kind: type = sql_type.python_type
+    except NotImplementedError:
+        return float
+    return kind
 
 
 def page_size(first: int | None, last: int | None) -> tuple[int, bool]:
@@ -78,12 +91,13 @@ def paginate(
     """One page of ``query`` (a select of one ORM entity) in ``ordering``."""
     size, backwards = page_size(first, last)
     columns = list(ordering.columns)
+    kinds = [_kind(column) for column in columns]
     descending = ordering.descending
     if after:
-        query = query.where(_after(columns, decode_cursor(after, ordering.name, len(columns)), descending))
+        query = query.where(_after(columns, decode_cursor(after, ordering.name, kinds), descending))
     if before:
         query = query.where(
-            _after(columns, decode_cursor(before, ordering.name, len(columns)), not descending)
+            _after(columns, decode_cursor(before, ordering.name, kinds, "before"), not descending)
         )
     reverse = descending != backwards  # SQL order: backwards pages are read in reverse, then flipped
     query = query.add_columns(*columns).order_by(*(c.desc() if reverse else c.asc() for c in columns))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,15 +27,28 @@ def encode_cursor(order: str, values: tuple[Any, ...]) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, order: str, arity: int) -> tuple[Any, ...]:
-    """The sort-key values in ``cursor``; VALIDATION error if it is malformed or from another ordering."""
+def _fits(value: Any, kind: type) -> bool:
+    """Whether a decoded value can stand for a sort key of ``kind`` (a forged cursor's cannot)."""
+    if kind is datetime:
+        return isinstance(value, datetime) and value.tzinfo is not None
+    if kind is str:
+        return isinstance(value, str) and "\x00" not in value
+    return isinstance(value, int | float) and not isinstance(value, bool)  # a computed rank
+
+
+def decode_cursor(cursor: str, order: str, kinds: Sequence[type], field: str = "after") -> tuple[Any, ...]:
+    """The sort-key values in ``cursor``, one of each of ``kinds``; VALIDATION error (naming ``field``) if
+    it is malformed, forged or from another ordering."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         cursor_order, values = json.loads(raw)
-        if cursor_order != order or not isinstance(values, list) or len(values) != arity:
+        if cursor_order != order or not isinstance(values, list) or len(values) != len(kinds):
             raise ValueError
-        return tuple(_typed(v) for v in values)
+        typed = tuple(_typed(v) for v in values)
+        if not all(_fits(value, kind) for value, kind in zip(typed, kinds, strict=True)):
+            raise ValueError
+        return typed
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise OperatorError.single(
-            ErrorCode.VALIDATION, "the cursor is not valid for this query", "after"
+            ErrorCode.VALIDATION, "the cursor is not valid for this query", field
         ) from None

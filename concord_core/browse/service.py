@@ -8,6 +8,7 @@ counts ignore that field's own filter. Unfiltered totals and counted facets are 
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, column, func, literal_column, select, table, text
+from sqlalchemy import ColumnElement, Double, Integer, cast, column, func, literal_column, select, table, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -75,6 +76,12 @@ def _invalid(message: str, field_name: str) -> OperatorError:
     return OperatorError.single(ErrorCode.VALIDATION, message, field_name)
 
 
+def _storable(values: Sequence[str]) -> list[str]:
+    """The filter values a row could hold. No stored text holds NUL (PostgreSQL cannot store it, and
+    refuses it in a query), so a value with one matches nothing rather than reaching the database."""
+    return [value for value in values if "\x00" not in value]
+
+
 def _search_terms(text_query: str) -> list[str]:
     return re.findall(r"\w+", text_query.lower())[:32]
 
@@ -91,8 +98,14 @@ class BrowseService:
             spec = browsable.filters.get(name)
             if spec is None:
                 raise _invalid(f"{browsable.name} cannot be filtered by {name!r}", f"filter.{name}")
-            values = [*value.any_of, *value.all_of] if isinstance(value, TagFilter) else value
-            if not isinstance(value, RangeFilter) and len(values) > MAX_FILTER_VALUES:  # type: ignore[arg-type]
+            if isinstance(value, RangeFilter):
+                if any(moment is not None and moment.tzinfo is None for moment in (value.start, value.end)):
+                    raise _invalid(
+                        "give times with a time zone (for example 2025-01-31T12:00:00Z)", f"filter.{name}"
+                    )
+                continue
+            values = [*value.any_of, *value.all_of] if isinstance(value, TagFilter) else list(value)
+            if len(values) > MAX_FILTER_VALUES:
                 raise _invalid(f"at most {MAX_FILTER_VALUES} values per filter", f"filter.{name}")
         if request.search is not None and browsable.search is None:
             raise _invalid(f"{browsable.name} cannot be searched", "search")
@@ -115,9 +128,9 @@ class BrowseService:
                 assert isinstance(value, TagFilter)
                 tagged = select(EntityTag.entity_id).where(EntityTag.source == browsable.name)
                 if value.any_of:
-                    conditions.append(model_id.in_(tagged.where(EntityTag.tag.in_(list(value.any_of)))))
+                    conditions.append(model_id.in_(tagged.where(EntityTag.tag.in_(_storable(value.any_of)))))
                 for tag in value.all_of:
-                    conditions.append(model_id.in_(tagged.where(EntityTag.tag == tag)))
+                    conditions.append(model_id.in_(tagged.where(EntityTag.tag.in_(_storable([tag])))))
             elif spec.kind is FilterKind.RANGE:
                 assert isinstance(value, RangeFilter) and spec.attribute is not None
                 column_ = browsable.column(spec.attribute)
@@ -127,7 +140,7 @@ class BrowseService:
                     conditions.append(column_ < value.end)
             else:
                 assert spec.attribute is not None and not isinstance(value, TagFilter | RangeFilter)
-                conditions.append(browsable.column(spec.attribute).in_(list(value)))
+                conditions.append(browsable.column(spec.attribute).in_(_storable(value)))
         return conditions
 
     def _search(
@@ -140,14 +153,25 @@ class BrowseService:
                 f"{browsable.table_name}.{browsable.search.postgres_column}"
             )
             tsquery = func.to_tsquery(browsable.search.postgres_config, " & ".join(f"{t}:*" for t in terms))
-            return query.where(vector.op("@@")(tsquery)), func.ts_rank_cd(vector, tsquery)
-        fts = table(browsable.search.sqlite_table, column("rowid"))
+            # As double precision: ts_rank_cd's real comes back rounded to the nearest short decimal
+            # (1.4 for 1.39999997...), which the real value is then below, so a cursor repeated its row.
+            return query.where(vector.op("@@")(tsquery)), cast(func.ts_rank_cd(vector, tsquery), Double)
+        name = browsable.search.sqlite_table
+        fts = table(name, column("rowid"), column("title"), column("body"))
         match = " ".join(f'"{term}"*' for term in terms)
         rowid: ColumnElement[Any] = literal_column(f"{browsable.table_name}.rowid")
-        query = query.join(fts, fts.c.rowid == rowid).where(
-            literal_column(browsable.search.sqlite_table).op("MATCH")(match)
-        )
-        return query, -func.bm25(literal_column(browsable.search.sqlite_table))
+        query = query.join(fts, fts.c.rowid == rowid).where(literal_column(name).op("MATCH")(match))
+
+        def marks(index: int, text_column: ColumnElement[Any]) -> ColumnElement[int]:
+            """Twice the number of matches a column holds: highlight() wraps each in two marker characters
+            (an empty column, such as the body of an artifact without tags, is NULL and holds none)."""
+            marked = func.highlight(literal_column(name), index, "\x01", "\x02")
+            return func.coalesce(func.length(marked) - func.length(text_column), 0, type_=Integer)
+
+        # Not bm25: its scores move with corpus-wide statistics whenever any row is written, so a cursor
+        # holding one would skip or repeat rows. Matches weighted like PostgreSQL's (title 1.0, the rest
+        # 0.4), times 10: an integer that depends on the row and the search alone.
+        return query, 5 * marks(0, fts.c.title) + 2 * marks(1, fts.c.body)
 
     def _query(
         self,
@@ -218,8 +242,26 @@ class BrowseService:
         if browsable.counted_facets and not request.filters and request.search is None:
             query = self._from_index(session, principal, browsable, TOTAL)
             return int(sum(row.n for row in session.execute(query)))
+        one_tag = self._single_tag(browsable, request)
+        if one_tag is not None:
+            # The rows with one tag are what that tag's counters count (a row counts once per tag it has).
+            facet, tag = one_tag
+            query = self._from_index(session, principal, browsable, facet).where(BrowseCount.value == tag)
+            return int(sum(row.n for row in session.execute(query)))
         query, _rank = self._query(session, principal, browsable, request)
         return count(session, query)
+
+    def _single_tag(self, browsable: Browsable, request: BrowseRequest) -> tuple[str, str] | None:
+        """(the counted tag facet, the tag) when the request asks for the rows with one tag, and nothing
+        else; their total is then a sum of counters."""
+        facet = next((f.name for f in browsable.counted_facets if f.attribute is None), None)
+        if facet is None or request.search is not None or list(request.filters) != [facet]:
+            return None
+        value = request.filters[facet]
+        tags = {*value.any_of, *value.all_of} if isinstance(value, TagFilter) else set()
+        if len(tags) != 1 or not _storable(list(tags)):
+            return None
+        return facet, tags.pop()
 
     def facets(
         self,
@@ -287,7 +329,9 @@ class BrowseService:
         a progress handler on SQLite)."""
         connection = session.connection()
         if connection.dialect.name == "postgresql":
-            session.execute(text(f"SET LOCAL statement_timeout = {int(self.facet_budget_seconds * 1000)}"))
+            # At least 1 ms: 0 would mean no timeout at all.
+            milliseconds = max(1, math.ceil(self.facet_budget_seconds * 1000))
+            session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
             try:
                 yield
             except DBAPIError as exc:

@@ -1,6 +1,8 @@
-"""Query cost: every field costs 1, and a list field's selection costs ``first``/``last`` times as much
-(20 for a connection asked without either, 10 for a plain list), multiplied through nesting. An operation
-over the limit is refused before any resolver runs; every response reports its cost in ``extensions.cost``.
+"""Query cost: every field costs 1, and a list field's selection costs as many times as it holds items,
+multiplied through nesting: a connection's ``edges``/``nodes`` ``first``/``last`` times (20 when asked
+without either; its ``totalCount`` and ``facets`` once), a plain list 10 times. An operation over the limit
+is refused before any resolver runs; every response to a document that parses reports its cost in
+``extensions.cost`` (also when validation refuses it).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ def _page_size(field: FieldNode, variables: Mapping[str, Any], definition: Graph
     return UNPAGED_LIST if isinstance(get_nullable_type(definition.type), GraphQLList) else 1
 
 
+ITEM_FIELDS = ("edges", "nodes")  # a connection's fields that hold one entry per item
+
+
 class _Costing:
     def __init__(self, schema: GraphQLSchema, document: DocumentNode, variables: Mapping[str, Any]) -> None:
         self.schema = schema
@@ -59,28 +64,37 @@ class _Costing:
         self.fragments = {
             d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
         }
+        # Each fragment is costed once (per page size), so a document that spreads fragments into
+        # fragments takes time linear in its size to cost; it is costed before validation looks at it.
+        self.fragment_costs: dict[tuple[str, int], int] = {}
 
     def selection(
-        self, selection_set: SelectionSetNode, parent: GraphQLNamedType, seen: frozenset[str]
+        self, selection_set: SelectionSetNode, parent: GraphQLNamedType, seen: frozenset[str], items: int = 1
     ) -> int:
+        """The cost of a selection on ``parent``; ``items`` is the page size when ``parent`` is a
+        connection."""
         total = 0
         for node in selection_set.selections:
             if isinstance(node, FieldNode):
-                total += self.field(node, parent, seen)
+                total += self.field(node, parent, seen, items)
             elif isinstance(node, InlineFragmentNode):
                 condition = (
                     self.schema.get_type(node.type_condition.name.value) if node.type_condition else parent
                 )
-                total += self.selection(node.selection_set, condition or parent, seen)
+                total += self.selection(node.selection_set, condition or parent, seen, items)
             elif isinstance(node, FragmentSpreadNode):
                 name = node.name.value
                 fragment = self.fragments.get(name)
                 if fragment is not None and name not in seen:  # cycles are refused by validation anyway
-                    condition = self.schema.get_type(fragment.type_condition.name.value) or parent
-                    total += self.selection(fragment.selection_set, condition, seen | {name})
+                    if (name, items) not in self.fragment_costs:
+                        condition = self.schema.get_type(fragment.type_condition.name.value) or parent
+                        self.fragment_costs[name, items] = self.selection(
+                            fragment.selection_set, condition, seen | {name}, items
+                        )
+                    total += self.fragment_costs[name, items]
         return total
 
-    def field(self, node: FieldNode, parent: GraphQLNamedType, seen: frozenset[str]) -> int:
+    def field(self, node: FieldNode, parent: GraphQLNamedType, seen: frozenset[str], items: int) -> int:
         if node.name.value.startswith("__"):
             return 0
         fields = getattr(parent, "fields", {})
@@ -88,11 +102,13 @@ class _Costing:
         if definition is None or node.selection_set is None:
             return 1
         returns = get_named_type(definition.type)
-        if parent.name.endswith("Connection"):  # edges and nodes: the connection's page size counted them
-            return 1 + self.selection(node.selection_set, returns, seen)
-        return 1 + _page_size(node, self.variables, definition) * self.selection(
-            node.selection_set, returns, seen
-        )
+        size = _page_size(node, self.variables, definition)
+        if returns.name.endswith("Connection"):
+            # The page size multiplies the items (edges, nodes); totalCount and facets come once a page.
+            return 1 + self.selection(node.selection_set, returns, seen, items=size)
+        if parent.name.endswith("Connection") and node.name.value in ITEM_FIELDS:
+            return 1 + items * self.selection(node.selection_set, returns, seen)
+        return 1 + size * self.selection(node.selection_set, returns, seen)
 
 
 def operation_cost(
@@ -112,7 +128,9 @@ class QueryCost(SchemaExtension):
         self.limit = limit
         self.cost: int | None = None
 
-    def on_execute(self) -> Iterator[None]:
+    def on_validate(self) -> Iterator[None]:
+        # Costed as soon as the document is parsed, so that a query refused by validation (too deep, too
+        # many aliases) reports its cost too.
         context = self.execution_context
         if context.graphql_document is not None:
             self.cost = operation_cost(
@@ -121,17 +139,21 @@ class QueryCost(SchemaExtension):
                 context.operation_name,
                 context.variables or {},
             )
-            if self.cost > self.limit:
-                context.result = GraphQLExecutionResult(
-                    data=None,
-                    errors=[
-                        GraphQLError(
-                            f"this query would cost {self.cost}, over the limit of {self.limit}; "
-                            "ask for smaller pages or fewer nested lists",
-                            extensions={"code": "QUERY_TOO_COSTLY"},
-                        )
-                    ],
-                )
+        yield
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        if self.cost is not None and self.cost > self.limit:
+            context.result = GraphQLExecutionResult(
+                data=None,
+                errors=[
+                    GraphQLError(
+                        f"this query would cost {self.cost}, over the limit of {self.limit}; "
+                        "ask for smaller pages or fewer nested lists",
+                        extensions={"code": "QUERY_TOO_COSTLY"},
+                    )
+                ],
+            )
         yield
 
     def get_results(self) -> dict[str, Any]:

@@ -1,0 +1,525 @@
+"""Global's connections beyond the reference comparison (issue 6), on SQLite and PostgreSQL:
+
+* search is real full-text search: stemmed ("running" finds "runs"), ranked (a title match outranks a body
+  match), scoped by the access predicate like everything else, and stable under inserts when ordered by
+  relevance; hostile search strings, filter values and cursors get typed answers, never a 500;
+* DataLoaders: a page of 100 items with nested citations, history and versions takes as many SQL statements
+  as a page of 10;
+* totalCount and facets cost SQL only when selected; facets honour ``limit`` and say ``truncated``; a facet
+  past its time budget comes back ``timedOut`` while the page, its total and the other facets are served.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from authz import key_of
+from global_world import BACKENDS, Query, World, all_rows, expected, open_world, statements
+from sqlalchemy import func, select
+
+from concord_core.browse.service import BrowseService
+from concord_core.db.models import Artifact, ArtifactVersion, Dtu, DtuVersion
+from concord_core.db.types import new_id
+from concord_core.operators import artifacts as artifact_ops
+from concord_core.operators import dtus as dtu_ops
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with open_world(request.param, tmp_path_factory.mktemp(f"connections-{request.param}")) as opened:
+        yield opened
+
+
+def new_tag() -> str:
+    """A tag no other test uses, so each test filters down to its own rows in the shared world."""
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def create(world: World, who: str, title: str, tag: str, **fields: Any) -> str:
+    data = {"title": title, "tags": [tag], "visibility": "public", **fields}
+    return str(dtu_ops.create_dtu(world.ctx(who), data).id)
+
+
+SEARCH = """query($search: String, $tag: String!, $orderBy: OrderBy, $first: Int, $after: String) {
+  dtus(search: $search, filter: {tags: {anyOf: [$tag]}}, orderBy: $orderBy, first: $first, after: $after) {
+    totalCount
+    edges { cursor node { id title } }
+    pageInfo { hasNextPage endCursor }
+    facets(fields: ["visibility", "tags"]) { field values { value count } }
+  }
+}"""
+
+
+def search(world: World, who: str, text: str, tag: str, **variables: Any) -> dict[str, Any]:
+    result: dict[str, Any] = world.data(who, SEARCH, {"search": text, "tag": tag, **variables})["dtus"]
+    return result
+
+
+def keys(connection: dict[str, Any]) -> list[str]:
+    return [key_of(edge["node"]["id"]) for edge in connection["edges"]]
+
+
+# --- search ---------------------------------------------------------------------------------------
+
+
+def test_search_stems_words(world: World) -> None:
+    tag = new_tag()
+    runs = create(world, "alice", "Morning routine", tag, human={"summary": "She runs along the river"})
+    connected = create(world, "alice", "Connection pooling", tag)
+    create(world, "alice", "Something else entirely", tag, human={"summary": "walking"})
+    assert keys(search(world, "anonymous", "running", tag)) == [runs]
+    assert keys(search(world, "anonymous", "connected", tag)) == [connected]
+    assert keys(search(world, "anonymous", "RIVER run", tag)) == [runs]  # every word must match
+    assert keys(search(world, "anonymous", "river walking", tag)) == []
+
+
+def test_a_title_match_outranks_a_body_match(world: World) -> None:
+    tag = new_tag()
+    # The title match is made first (so newest-first would list it last) and its title is long (so a
+    # length-normalised score would favour the short body that mentions the word too).
+    in_title = create(
+        world,
+        "alice",
+        "Lighthouse keeping on a remote and windy northern island through a long dark winter",
+        tag,
+    )
+    in_body = create(world, "alice", "Coastal notes", tag, human={"summary": "lighthouse"})
+    create(world, "alice", "Unrelated", tag)
+    found = search(world, "anonymous", "lighthouse", tag)
+    assert keys(found) == [in_title, in_body]
+    assert found["totalCount"] == 2
+    ascending = search(
+        world, "anonymous", "lighthouse", tag, orderBy={"field": "CREATED", "direction": "ASC"}
+    )
+    assert keys(ascending) == [in_title, in_body]
+    newest = search(world, "anonymous", "lighthouse", tag, orderBy={"field": "CREATED", "direction": "DESC"})
+    assert keys(newest) == [in_body, in_title]
+
+
+def test_search_hits_totals_and_facets_are_scoped_by_access(world: World) -> None:
+    tag = new_tag()
+    for who, visibility, workspace in (
+        ("alice", "private", None),
+        ("alice", "workspace", world.shared_workspace),
+        ("alice", "unlisted", None),
+        ("bob", "unlisted", world.shared_workspace),
+        ("carol", "private", None),
+        ("carol", "public", None),
+    ):
+        data = {"visibility": visibility, "workspace_id": workspace or world.people[who].workspace_id}
+        create(world, who, f"Xylophone {who} {visibility}", tag, **data)
+    query = Query("dtus", {"tags": ([tag], [])}, ["xylophone"], sort="created")
+    for who in ("alice", "bob", "carol", "anonymous", "dave"):
+        want = expected(world, who, query)
+        found = search(world, who, "xylophones", tag, orderBy={"field": "CREATED", "direction": "DESC"})
+        assert keys(found) == [row.id for row in want], who
+        assert found["totalCount"] == len(want), who
+        visibilities = {
+            v["value"]: v["count"] for f in found["facets"] if f["field"] == "visibility" for v in f["values"]
+        }
+        assert sum(visibilities.values()) == len(want), who
+        assert {row.visibility for row in want} == set(visibilities), who
+    assert len(expected(world, "anonymous", query)) == 1 and len(expected(world, "dave", query)) == 6
+
+
+def test_relevance_pages_are_stable_while_rows_are_inserted(world: World) -> None:
+    """Relevance is a keyset like any other: inserting matching rows (which changes every corpus-wide
+    statistic, such as how rare a word is) neither repeats nor skips an item on the following pages."""
+    tag = new_tag()
+    for n in range(12):
+        create(
+            world,
+            "alice",
+            f"Marimba {'marimba ' * (n % 4)}study {n}",
+            tag,
+            human={"summary": "marimba" * (n % 2)},
+        )
+    seen: list[str] = []
+    after = None
+    for page in range(20):
+        found = search(world, "anonymous", "marimba", tag, first=3, after=after)
+        seen += keys(found)
+        if not found["pageInfo"]["hasNextPage"]:
+            break
+        after = found["pageInfo"]["endCursor"]
+        for _ in range(3):  # more rows that match, and some that match only the tag
+            create(world, "alice", f"marimba insert {page}", tag)
+            create(world, "alice", f"other insert {page}", tag)
+    assert len(seen) == len(set(seen)), "an item came twice"
+    first_ones = {row.id for row in all_rows(world, "dtus") if row.title.startswith("Marimba ")}
+    assert first_ones <= set(seen), "an item was skipped"
+
+
+def test_relevance_pages_through_rows_whose_body_is_empty(world: World) -> None:
+    """An artifact without tags has no searchable body (NULL in SQLite's FTS table); it still gets a rank
+    and a cursor, so paging by relevance one at a time reaches every match exactly once."""
+    word = f"w{uuid.uuid4().hex[:8]}"
+    tagged, bare = [], []
+    for n in range(4):
+        data = {"name": f"{word} {n}", "visibility": "public", "tags": [word] if n % 2 else []}
+        artifact = artifact_ops.create_artifact(world.ctx("alice"), data, world.blob(word))[0]
+        (tagged if n % 2 else bare).append(artifact.id)
+    document = """query($search: String!, $after: String) {
+      artifacts(search: $search, first: 1, after: $after) {
+        nodes { id } pageInfo { hasNextPage endCursor } } }"""
+    seen, after = [], None
+    for _ in range(10):
+        page = world.data("anonymous", document, {"search": word, "after": after})["artifacts"]
+        seen += [key_of(node["id"]) for node in page["nodes"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert len(seen) == 4 and set(seen) == {*tagged, *bare}
+
+
+HOSTILE_SEARCHES = [
+    '"',
+    "'",
+    "\"unbalanced 'quotes",
+    "NEAR(alpha bravo)",
+    "alpha OR bravo",
+    "alpha AND NOT bravo",
+    "*",
+    "alpha*",
+    "^alpha",
+    "title:alpha",
+    "a:* & b | !c <-> d",
+    "'); DROP TABLE dtus; --",
+    "1; DELETE FROM dtus",
+    "\x00",
+    "alpha\x00bravo",
+    "\\",
+    "%_%",
+    "(((((",
+    "ünïcødé 漢字 العربية",
+    "x" * 500,
+    " ".join(["word"] * 100),
+    "",
+    "   ",
+]
+
+
+def test_hostile_search_strings_get_typed_answers(world: World) -> None:
+    tag = new_tag()
+    create(world, "alice", "Alpha bravo", tag)
+    documents = {
+        "dtus": "query($s: String) { c: dtus(search: $s, first: 5) { totalCount facets { field } } }",
+        "artifacts": "query($s: String) { c: artifacts(search: $s, first: 5) { totalCount nodes { id } } }",
+        "lensItems": 'query($s: String) { c: lensItems(lensId: "knowledge", search: $s) { totalCount } }',
+    }
+    before = len(all_rows(world, "dtus"))
+    for text in HOSTILE_SEARCHES:
+        for name, document in documents.items():
+            body = world.post("alice", document, {"s": text})  # a 200 and no internals, or it fails
+            codes = [error["extensions"]["code"] for error in body.get("errors") or []]
+            assert codes in ([], ["VALIDATION"]), (name, text, body)
+            if not codes:
+                assert body["data"]["c"]["totalCount"] >= 0
+    assert len(all_rows(world, "dtus")) == before
+
+
+def cursor(order: str, values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps([order, values]).encode()).decode().rstrip("=")
+
+
+def test_hostile_filters_and_cursors_get_typed_errors(world: World) -> None:
+    """A forged cursor (wrong types, a timestamp without a zone, NUL bytes) or a filter time without a zone
+    is a VALIDATION error naming the argument; a NUL byte in a filter value matches nothing. Never an
+    internal error (PostgreSQL refuses NUL in text, and naive timestamps cannot be compared)."""
+    tag = new_tag()
+    create(world, "alice", "Hostile", tag)
+    document = """query($filter: DtuFilter, $after: String, $before: String, $last: Int, $orderBy: OrderBy,
+                        $search: String) {
+      dtus(filter: $filter, after: $after, before: $before, last: $last, orderBy: $orderBy, search: $search) {
+        totalCount nodes { id } } }"""
+    title_asc = {"field": "TITLE", "direction": "ASC"}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"after": "!!!"}, "after"),
+        ({"after": cursor("created:desc", [{"t": "2020-01-01T00:00:00"}, "x"])}, "after"),
+        ({"after": cursor("created:desc", [{"a": 1}, "x"])}, "after"),
+        ({"after": cursor("created:desc", ["not a date", "x"])}, "after"),
+        ({"after": cursor("created:desc", [5, 6])}, "after"),
+        ({"after": cursor("created:desc", [None, None])}, "after"),
+        ({"after": cursor("created:desc", [{"t": "2020-01-01T00:00:00+00:00"}])}, "after"),
+        ({"after": cursor("created:asc", [{"t": "2020-01-01T00:00:00+00:00"}, "x"])}, "after"),
+        ({"before": cursor("created:desc", [[], "x"]), "last": 2}, "before"),
+        ({"after": cursor("title:asc", [5, "x"]), "orderBy": title_asc}, "after"),
+        ({"after": cursor("title:asc", ["a\x00", "x"]), "orderBy": title_asc}, "after"),
+        ({"after": cursor("relevance", ["high", "x"]), "search": "hostile"}, "after"),
+        ({"after": cursor("relevance", [True, "x"]), "search": "hostile"}, "after"),
+        ({"filter": {"created": {"from": "2020-01-01T00:00:00"}}}, "filter.created"),
+        ({"filter": {"updated": {"to": "2020-01-01T00:00:00"}}}, "filter.updated"),
+    ]
+    for variables, field_name in cases:
+        body = world.post("alice", document, variables)
+        errors = body.get("errors") or []
+        assert [e["extensions"]["code"] for e in errors] == ["VALIDATION"], (variables, body)
+        assert field_name in errors[0]["message"] or errors[0]["extensions"].get("field") in (
+            None,
+            field_name,
+        )
+    # A timestamp with a zone is fine; a NUL byte in a filter value is a value no row can hold.
+    fine = world.data("alice", document, {"filter": {"created": {"from": "2020-01-01T00:00:00Z"}}})
+    assert fine["dtus"]["totalCount"] >= 1
+    for nothing in (
+        {"tags": {"anyOf": [tag, "a\x00"]}, "type": ["note\x00"]},
+        {"tags": {"allOf": [tag, "\x00"]}},
+        {"status": ["\x00"]},
+    ):
+        assert world.data("alice", document, {"filter": nothing})["dtus"] == {"totalCount": 0, "nodes": []}
+    assert (
+        world.data("alice", document, {"filter": {"tags": {"anyOf": [tag, "a\x00"]}}})["dtus"]["totalCount"]
+        == 1
+    )
+
+
+def test_page_arguments_are_checked(world: World) -> None:
+    checks = [
+        "{ dtus(first: 101) { nodes { id } } }",
+        "{ dtus(last: -1) { nodes { id } } }",
+        "{ dtus(first: 2, last: 2) { nodes { id } } }",
+        "{ dtus(orderBy: {field: RELEVANCE}) { nodes { id } } }",
+        '{ lensItems(lensId: "knowledge", orderBy: {field: TITLE}) { nodes { id } } }',
+        '{ dtus(filter: {tags: {anyOf: ["a"]}}) { facets(fields: ["nope"]) { field } } }',
+        "{ dtus { facets(limit: 0) { field } } }",
+        "{ dtus { facets(limit: 101) { field } } }",
+        '{ dtus(filter: {owner: ["bm90LWEtdXNlcg"]}) { nodes { id } } }',
+    ]
+    for document in checks:
+        body = world.post("alice", document)
+        codes = [error["extensions"]["code"] for error in body.get("errors") or []]
+        assert codes and set(codes) <= {"VALIDATION", "NOT_FOUND"}, (document, body)
+
+
+# --- DataLoaders --------------------------------------------------------------------------------------
+
+
+def bulk_rows(
+    world: World, count: int, tags: list[str], *, tier: str = "regular", artifacts: bool = True
+) -> None:
+    """``count`` public DTUs (each citing up to two earlier ones, each with two versions) and, with
+    ``artifacts``, as many public artifacts (each with two versions), written in one transaction through
+    the ORM; the browse indexes follow through the flush hook as for any write."""
+    owner, workspace = world.people["alice"].user_id, world.people["alice"].workspace_id
+    assert owner is not None and workspace is not None
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    with world.runtime.db.write() as session:
+        ids: list[str] = []
+        for n in range(count):
+            moment = start + timedelta(seconds=n)
+            state = {
+                "title": f"bulk {n}",
+                "human": {"summary": "s"},
+                "core": {},
+                "machine": {},
+                "tags": tags,
+                "tier": tier,
+                "dtu_type": "note",
+                "visibility": "public",
+                "citation_mode": "citing",
+                "citations": ids[-2:],
+                "status": "active",
+                "merged_into_id": None,
+                "content_hash": f"{n:064d}",
+            }
+            dtu = Dtu(id=new_id(), workspace_id=workspace, owner_id=owner, version=2, created_at=moment,
+                      updated_at=moment, **state)  # fmt: skip
+            session.add(dtu)
+            ids.append(dtu.id)
+            for version in (1, 2):
+                session.add(
+                    DtuVersion(dtu_id=dtu.id, version=version, workspace_id=workspace, owner_id=owner,
+                               actor_id=owner, change="created", created_at=moment, **state)
+                )  # fmt: skip
+            if not artifacts:
+                continue
+            artifact = Artifact(id=new_id(), workspace_id=workspace, owner_id=owner, name=f"bulk {n}",
+                                kind="audio",
+                                visibility="public", tags=tags, current_version=2, created_at=moment,
+                                updated_at=moment)  # fmt: skip
+            session.add(artifact)
+            for version in (1, 2):
+                session.add(
+                    ArtifactVersion(artifact_id=artifact.id, version=version, blob_sha256="0" * 64, size=1,
+                                    media_type="audio/wav", label="original", filename=None, actor_id=owner,
+                                    job_id=None, metadata_={}, created_at=moment)
+                )  # fmt: skip
+
+
+LOADED = {
+    "dtus": """query($n: Int!, $tag: String!) { c: dtus(first: $n, filter: {tags: {anyOf: [$tag]}}) {
+      nodes { id title citations { id title } history { version change title } } } }""",
+    "artifacts": """query($n: Int!, $tag: String!) {
+      c: artifacts(first: $n, filter: {tags: {anyOf: [$tag]}}) {
+      nodes { id name versions { version sha256 } latest { version downloadUrl } } } }""",
+}
+
+
+def test_a_page_of_100_takes_as_many_statements_as_a_page_of_10(world: World) -> None:
+    tag = new_tag()
+    bulk_rows(world, 105, [tag])
+    for name, document in LOADED.items():
+        counts = {}
+        for size in (10, 100, 10):
+            with statements(world.runtime.db.engine) as sent:
+                page = world.data("anonymous", document, {"n": size, "tag": tag})["c"]["nodes"]
+            assert len(page) == size
+            counts[size] = len(sent)
+        if name == "dtus":
+            assert all(len(node["history"]) == 2 and len(node["citations"]) == 2 for node in page)
+        else:
+            assert all(node["latest"]["version"] == 2 for node in page)
+        assert counts[10] == counts[100], (name, counts)
+        assert counts[100] <= 10, (name, counts)
+
+
+# --- totalCount and facets on demand ------------------------------------------------------------------
+
+ON_DEMAND = """query($tag: String!) { dtus(first: 5, filter: {tags: {anyOf: [$tag]}, tier: [REGULAR, MEGA]}) {
+  nodes { id } %s } }"""
+
+
+def test_total_count_and_facets_cost_sql_only_when_selected(world: World) -> None:
+    tag = new_tag()
+    for n in range(6):
+        create(world, "alice", f"demand {n}", tag, tier="mega" if n % 2 else "regular")
+    counted = {}
+    for name, extra in (
+        ("nodes", ""),
+        ("totalCount", "totalCount"),
+        ("facets", 'facets(fields: ["tier", "visibility"]) { field values { value count } }'),
+        ("both", 'totalCount facets(fields: ["tier", "visibility"]) { field values { value count } }'),
+    ):
+        with statements(world.runtime.db.engine) as sent:
+            world.data("anonymous", ON_DEMAND % extra, {"tag": tag})
+        counted[name] = [statement for statement in sent if statement.upper().lstrip().startswith("SELECT")]
+    assert not any("count(" in statement.lower() for statement in counted["nodes"])
+    assert len(counted["totalCount"]) == len(counted["nodes"]) + 1
+    assert len(counted["facets"]) == len(counted["nodes"]) + 2  # one statement per facet
+    assert len(counted["both"]) == len(counted["nodes"]) + 3
+
+
+def test_a_total_filtered_by_one_tag_is_exact(world: World) -> None:
+    """Filtered by one tag and nothing else, the total is summed from the tag's counters; it equals the
+    live count (two tags) and the reference for every asker, including rows they may not read."""
+    tag = new_tag()
+    for who, visibility in (
+        ("alice", "private"),
+        ("alice", "public"),
+        ("bob", "workspace"),
+        ("carol", "unlisted"),
+    ):
+        workspace = world.shared_workspace if who == "bob" else world.people[who].workspace_id
+        create(world, who, f"counted {who}", tag, visibility=visibility, workspace_id=workspace)
+    document = "query($filter: DtuFilter) { dtus(filter: $filter) { totalCount } }"
+    for who in ("alice", "bob", "carol", "anonymous", "dave"):
+        want = len(expected(world, who, Query("dtus", {"tags": ([tag], [])})))
+        for tags in (
+            {"anyOf": [tag]},
+            {"allOf": [tag]},
+            {"anyOf": [tag], "allOf": [tag]},
+            {"anyOf": [tag, "x-none"]},
+        ):
+            found = world.data(who, document, {"filter": {"tags": tags}})["dtus"]["totalCount"]
+            assert found == want, (who, tags)
+    assert world.data("dave", document, {"filter": {"tags": {"anyOf": ["\x00"]}}})["dtus"]["totalCount"] == 0
+
+
+def test_facet_limit_and_truncated(world: World) -> None:
+    tag, kind = (
+        new_tag(),
+        f"k{uuid.uuid4().hex[:8]}",
+    )  # the type filter keeps the (disjunctive) tag facet to these
+    others = [f"{tag}-{letter}" for letter in "abcde"]
+    for n in range(10):
+        create(world, "alice", f"facet {n}", tag, tags=[tag, *others[: 1 + n % 5]], dtu_type=kind)
+    document = """query($type: String!, $limit: Int!) { dtus(filter: {type: [$type]}) {
+      facets(fields: ["tags"], limit: $limit) { field values { value count } truncated timedOut } } }"""
+    full = world.data("anonymous", document, {"type": kind, "limit": 100})["dtus"]["facets"][0]
+    assert full["values"] == [
+        {"value": tag, "count": 10},
+        *({"value": other, "count": count} for other, count in zip(others, (10, 8, 6, 4, 2), strict=True)),
+    ]
+    assert not full["truncated"] and not full["timedOut"]
+    top = world.data("anonymous", document, {"type": kind, "limit": 3})["dtus"]["facets"][0]
+    assert top["values"] == full["values"][:3] and top["truncated"]
+    exact = world.data("anonymous", document, {"type": kind, "limit": 6})["dtus"]["facets"][0]
+    assert exact["values"] == full["values"] and not exact["truncated"]
+
+
+@contextmanager
+def slow_tag_index(world: World) -> Iterator[None]:
+    """Make counting tags slow, honestly. On PostgreSQL, another connection holds an exclusive lock on
+    entity_tags, so a statement reading it waits until its statement_timeout ends it (the lock goes after
+    10 seconds at the latest, so a missing timeout fails the test instead of hanging it). On SQLite a tiny
+    budget interrupts any statement past 10,000 virtual machine steps, which counting tags over thousands
+    of rows always is."""
+    if world.runtime.db.is_sqlite:
+        yield
+        return
+    url = world.runtime.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    release, locked = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(url) as connection:
+            connection.execute("LOCK TABLE entity_tags IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(timeout=10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(timeout=10)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_facet_past_its_budget_times_out_instead_of_failing_the_page(world: World) -> None:
+    tag = new_tag()
+    bulk_rows(
+        world, 3000 if world.runtime.db.is_sqlite else 40, [tag, f"{tag}-x"], tier="hyper", artifacts=False
+    )
+    runtime = world.runtime
+    generous = runtime.browse
+    runtime.browse = BrowseService(runtime.db, facet_budget_seconds=0.000_000_1)
+    document = """{ dtus(first: 3, filter: {tier: [HYPER]}) {
+      totalCount nodes { id }
+      facets(fields: ["tags", "tier"]) { field values { value count } truncated timedOut } } }"""
+    try:
+        with slow_tag_index(world):
+            body = world.post("anonymous", document)
+    finally:
+        runtime.browse = generous
+    assert not body.get("errors"), body
+    found = body["data"]["dtus"]
+    assert len(found["nodes"]) == 3 and found["totalCount"] >= 40
+    facets = {facet["field"]: facet for facet in found["facets"]}
+    assert facets["tags"] == {"field": "tags", "values": [], "truncated": False, "timedOut": True}
+    if not runtime.db.is_sqlite:  # counted from the tier index, which the lock does not touch
+        assert not facets["tier"]["timedOut"] and facets["tier"]["values"]
+    # With the usual budget the same page counts its tags.
+    counted = {f["field"]: f for f in world.data("anonymous", document)["dtus"]["facets"]}
+    assert (
+        not counted["tags"]["timedOut"]
+        and {"value": tag, "count": found["totalCount"]} in counted["tags"]["values"]
+    )
+
+
+def test_the_indexes_still_match_a_rebuild(world: World) -> None:
+    from concord_core.browse.indexes import verify_all
+
+    with world.runtime.db.engine.begin() as connection:
+        assert verify_all(connection) is None
+    with world.runtime.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Dtu)) == len(all_rows(world, "dtus"))
