@@ -360,9 +360,29 @@ def first_message(
 ) -> dict[str, Any] | None:
     """The first message a subscription sends (graphql-transport-ws: next, error or complete), or None
     when it sends nothing within ``wait`` seconds."""
+    messages = subscription_messages(url, query, variables, headers, wait=wait, limit=1)
+    return messages[0] if messages else None
+
+
+def subscription_messages(
+    url: str,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    wait: float = 1.0,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """The messages a subscription sends until it completes, errs, goes quiet for ``wait`` seconds, or
+    ``limit`` have come (credentials in the websocket handshake's headers)."""
+    received: list[dict[str, Any]] = []
     with connect(
-        url, subprotocols=["graphql-transport-ws"], additional_headers=headers or {}, open_timeout=5
-    ) as ws:  # type: ignore[list-item]
+        url,
+        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        additional_headers=headers or {},
+        open_timeout=5,
+        close_timeout=0.2,
+    ) as ws:
         ws.send(json.dumps({"type": "connection_init", "payload": {}}))
         assert json.loads(ws.recv(timeout=5))["type"] == "connection_ack"
         ws.send(
@@ -370,13 +390,16 @@ def first_message(
                 {"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables or {}}}
             )
         )
-        deadline = time.monotonic() + wait
-        while True:
+        while len(received) < limit:
             try:
-                message: dict[str, Any] = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+                message: dict[str, Any] = json.loads(ws.recv(timeout=wait))
             except TimeoutError:
-                return None
+                break
             if message["type"] == "ping":
                 ws.send(json.dumps({"type": "pong"}))
                 continue
-            return message
+            received.append(message)
+            if message["type"] in ("error", "complete"):
+                return received
+        ws.send(json.dumps({"id": "1", "type": "complete"}))  # stop it before hanging up
+    return received

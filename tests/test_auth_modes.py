@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -29,16 +30,20 @@ from authz import (
     assert_unauthenticated,
     bearer,
     cheap_passwords,
+    first_message,
+    gid,
     issue_key,
     make_user,
     mode_settings,
     new_key,
     open_instance,
     row_counts,
+    served,
     sign_in,
 )
 from procs import CONCORD, free_port, server_env
 from sqlalchemy import select
+from websockets.exceptions import InvalidStatus
 
 import concord_core.observability.logging as observability_logging
 from concord_core.cli.main import main
@@ -152,10 +157,25 @@ def test_apikey_mode_needs_a_key_for_everything_but_health(tmp_path: Path, datab
 
         # Tokens are refused, even one signed well: this mode has no sessions to tie them to.
         now = datetime.now(UTC)
-        claims = {"sub": account.id, "sid": "x", "iss": "concord", "aud": "concord-api", "typ": "access"}
+        claims: dict[str, Any] = {
+            "sub": account.id,
+            "sid": "x",
+            "iss": "concord",
+            "aud": "concord-api",
+            "typ": "access",
+        }
         claims |= {"iat": int(now.timestamp()), "exp": int((now + timedelta(minutes=5)).timestamp())}
         forged = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
         assert_unauthenticated(client.post("/graphql", json={"query": VIEWER}, headers=bearer(forged)))
+        # Subscriptions too: the websocket handshake is refused without a key.
+        job = "subscription($id: ID!) { jobUpdated(id: $id) { id } }"
+        unknown = {"id": gid("Job", "00000000-0000-4000-8000-000000000000")}
+        with served(client.app) as url:
+            with pytest.raises(InvalidStatus) as refused:
+                first_message(url, job, unknown)
+            assert refused.value.response.status_code == 401
+            answered = first_message(url, job, unknown, bearer(token))
+            assert answered is not None and answered["type"] in ("next", "error")
         # And nobody signs in or up here.
         body = instance.data(LOGIN, {"email": account.email, "password": PASSWORD}, bearer(token))
         assert [e["code"] for e in body["login"]["errors"]] == ["FORBIDDEN"]

@@ -29,6 +29,7 @@ from authz import (
     bearer,
     cheap_passwords,
     database,
+    first_message,
     gid,
     issue_key,
     key_of,
@@ -36,11 +37,17 @@ from authz import (
     metric,
     mode_settings,
     open_instance,
+    served,
     sign_in,
+    subscription_messages,
 )
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from concord_core.api.gql.schema import build_schema
 from concord_core.api.runtime import Runtime
+from concord_core.jobs import control, workflows
+from concord_core.jobs.enqueue import enqueue_job
 from concord_core.operators import accounts as account_ops
 from concord_core.operators import artifacts as artifact_ops
 from concord_core.operators import dtus as dtu_ops
@@ -65,7 +72,10 @@ class World:
     dtu: str  # a team DTU (visibility: workspace), with a summary and a citation graph of one
     artifact: str
     item: str  # a knowledge lens item
+    job: str = ""  # a queued job in the team workspace (no runner threads: jobs stay queued)
+    workflow: str = ""  # a running dtu_import workflow there
     key_ids: dict[str, set[str]] = field(default_factory=dict)  # each actor's API keys
+    ws_url: str = ""  # the same app, served for real (subscriptions)
 
     @property
     def runtime(self) -> Runtime:
@@ -130,6 +140,28 @@ class World:
     def fresh_key(self) -> str:
         return issue_key(self.runtime, self.accounts["owner"], name="victim")[1]
 
+    def fresh_job(self, *, cancelled: bool = False) -> str:
+        data = {
+            "job_type": "knowledge.export_markdown",
+            "input": {"dtuIds": [self.dtu]},
+            "workspace_id": self.team,
+        }
+        job_id = enqueue_job(self.ctx("owner"), self.runtime.jobs.catalog, data)[0].id
+        if cancelled:
+            control.cancel_job(self.ctx("owner"), self.runtime.jobs.catalog, job_id)
+        return job_id
+
+    def fresh_workflow(self, *, cancelled: bool = False) -> str:
+        data = {
+            "workflow_type": "dtu_import",
+            "input": {"artifactId": self.artifact},
+            "workspace_id": self.team,
+        }
+        workflow_id = workflows.start_workflow(self.ctx("owner"), self.runtime.jobs.catalog, data).id
+        if cancelled:
+            workflows.cancel_workflow(self.ctx("owner"), workflow_id)
+        return workflow_id
+
 
 @dataclass
 class Call:
@@ -140,13 +172,15 @@ class Call:
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     directory = tmp_path_factory.mktemp(f"matrix-{request.param}")
-    settings = mode_settings("jwt") | {"registration": True, "login_free_attempts": 100}
+    settings = mode_settings("jwt") | {"registration": True, "login_free_attempts": 100, "job_threads": 0}
     with (
         cheap_passwords(),
         database(request.param, directory) as url,
         open_instance(directory, url, **settings) as instance,
     ):
-        yield build_world(instance)
+        world = build_world(instance)
+        with served(instance.client.app) as world.ws_url:
+            yield world
 
 
 def build_world(instance: Instance) -> World:
@@ -172,6 +206,8 @@ def build_world(instance: Instance) -> World:
         io.BytesIO(b"fixture bytes"),
     )[0].id
     world.item = world.fresh_item()
+    world.job = world.fresh_job()
+    world.workflow = world.fresh_workflow()
     return world
 
 
@@ -231,6 +267,14 @@ ADMINS = expect(
     editor="FORBIDDEN",
     owner="FORBIDDEN",
     admin="ok",
+)
+AUTHORIZED_BUT_NOT_WAITING = expect(
+    anonymous="NOT_FOUND",
+    other="NOT_FOUND",
+    viewer="FORBIDDEN",
+    editor="CONFLICT",
+    owner="CONFLICT",
+    admin="CONFLICT",
 )
 LISTED_TO_MEMBERS = expect(
     anonymous="not-listed",
@@ -414,6 +458,24 @@ QUERIES: dict[str, Case] = {
         LISTED_TO_MEMBERS,
         listed(lambda w: gid("Artifact", w.artifact)),
     ),
+    "job": Case(
+        query("query($id: ID!) { job(id: $id) { id } }", lambda w: {"id": gid("Job", w.job)}), MEMBERS_READ
+    ),
+    "jobs": Case(
+        query("{ jobs(first: 100) { nodes { id } totalCount } }"),
+        LISTED_TO_MEMBERS,
+        listed(lambda w: gid("Job", w.job)),
+    ),
+    "workflow": Case(
+        query("query($id: ID!) { workflow(id: $id) { id } }", lambda w: {"id": gid("Workflow", w.workflow)}),
+        MEMBERS_READ,
+    ),
+    "workflows": Case(
+        query("{ workflows(first: 100) { nodes { id } totalCount } }"),
+        LISTED_TO_MEMBERS,
+        listed(lambda w: gid("Workflow", w.workflow)),
+    ),
+    "workflowTypes": Case(query("{ workflowTypes { type } }"), EVERYONE),
 }
 
 MUTATIONS: dict[str, Case] = {
@@ -569,6 +631,73 @@ MUTATIONS: dict[str, Case] = {
         ),
         READERS_WRITE_OWN,
     ),
+    "enqueueJob": Case(
+        dtu_call(
+            'mutation($w: ID!, $i: JSON!) { enqueueJob(type: "knowledge.export_markdown", input: $i, '
+            "workspaceId: $w) { job { id } errors { code } } }",
+            lambda w: {"w": team(w), "i": {"dtuIds": [w.dtu]}},
+        ),
+        WRITERS,
+    ),
+    "cancelJob": Case(
+        dtu_call(
+            "mutation($id: ID!) { cancelJob(id: $id) { job { id } errors { code } } }",
+            lambda w: {"id": gid("Job", w.fresh_job())},
+        ),
+        WRITERS,
+    ),
+    "retryJob": Case(
+        dtu_call(
+            "mutation($id: ID!) { retryJob(id: $id) { job { id } errors { code } } }",
+            lambda w: {"id": gid("Job", w.fresh_job(cancelled=True))},
+        ),
+        WRITERS,
+    ),
+    "startWorkflow": Case(
+        dtu_call(
+            'mutation($w: ID!, $i: JSON!) { startWorkflow(type: "dtu_import", input: $i, workspaceId: $w) '
+            "{ workflow { id } errors { code } } }",
+            lambda w: {"w": team(w), "i": {"artifactId": w.artifact}},
+        ),
+        WRITERS,
+    ),
+    "importDtus": Case(
+        dtu_call(
+            "mutation($a: ID!, $w: ID!) { importDtus(input: {artifactId: $a, workspaceId: $w}) "
+            "{ workflow { id } errors { code } } }",
+            lambda w: {"a": gid("Artifact", w.artifact), "w": team(w)},
+        ),
+        WRITERS,
+    ),
+    # No runner threads here, so no workflow reaches its review: passing the policy shows as CONFLICT.
+    "approveWorkflowStep": Case(
+        dtu_call(
+            "mutation($id: ID!) { approveWorkflowStep(id: $id) { workflow { id } errors { code } } }",
+            lambda w: {"id": gid("Workflow", w.fresh_workflow())},
+        ),
+        AUTHORIZED_BUT_NOT_WAITING,
+    ),
+    "rejectWorkflowStep": Case(
+        dtu_call(
+            "mutation($id: ID!) { rejectWorkflowStep(id: $id) { workflow { id } errors { code } } }",
+            lambda w: {"id": gid("Workflow", w.fresh_workflow())},
+        ),
+        AUTHORIZED_BUT_NOT_WAITING,
+    ),
+    "cancelWorkflow": Case(
+        dtu_call(
+            "mutation($id: ID!) { cancelWorkflow(id: $id) { workflow { id } errors { code } } }",
+            lambda w: {"id": gid("Workflow", w.fresh_workflow())},
+        ),
+        WRITERS,
+    ),
+    "resumeWorkflow": Case(
+        dtu_call(
+            "mutation($id: ID!) { resumeWorkflow(id: $id) { workflow { id } errors { code } } }",
+            lambda w: {"id": gid("Workflow", w.fresh_workflow(cancelled=True))},
+        ),
+        WRITERS,
+    ),
     "importBookmarks": Case(
         dtu_call(
             "mutation($html: String!) { importBookmarks(html: $html) { created errors { code } } }",
@@ -578,8 +707,64 @@ MUTATIONS: dict[str, Case] = {
     ),
 }
 
+
+def subscription(text: str, variables: Callable[[World], dict[str, Any]]) -> Runner:
+    """Subscribe over a websocket (credentials in the handshake's headers); the first message, or
+    "<nothing>" when nothing came within a second."""
+
+    def run(w: World, actor: str) -> Call:
+        message = first_message(w.ws_url, text, variables(w), w.headers(actor))
+        root = text.split("{", 2)[1].split("(")[0].strip()
+        if message is None:
+            return Call({"data": {root: "<nothing>"}}, "")
+        errors = message["payload"] if message["type"] == "error" else message["payload"].get("errors")
+        if errors:
+            # Subscription errors lack extensions.code today (see the xfail below); read the code from
+            # the message, "<field>: <CODE>: <text>", so the matrix still checks the decision.
+            for error in errors:
+                if "code" not in error.get("extensions", {}):
+                    error["extensions"] = {"code": error["message"].split(": ")[1]}
+            return Call({"errors": errors}, "")
+        if message["type"] == "complete":
+            return Call({"data": {root: "<complete>"}}, "")
+        assert_no_internals(json.dumps(message))
+        return Call(message["payload"], "")
+
+    return run
+
+
+def team_events(w: World, actor: str, value: Any) -> str:
+    if value == "<nothing>":
+        return "nothing"
+    return "team" if value["workspaceId"] == team(w) else "not-team"
+
+
 #: Subscription fields; each must at least refuse (or give nothing to) an anonymous caller.
-SUBSCRIPTIONS: dict[str, Case] = {}
+SUBSCRIPTIONS: dict[str, Case] = {
+    "jobUpdated": Case(
+        subscription(
+            "subscription($id: ID!) { jobUpdated(id: $id) { id } }", lambda w: {"id": gid("Job", w.job)}
+        ),
+        expect(anonymous="NOT_FOUND", other="NOT_FOUND", viewer="ok", editor="ok", owner="ok", admin="ok"),
+    ),
+    "workflowUpdated": Case(
+        subscription(
+            "subscription($id: ID!) { workflowUpdated(id: $id) { id } }",
+            lambda w: {"id": gid("Workflow", w.workflow)},
+        ),
+        expect(anonymous="NOT_FOUND", other="NOT_FOUND", viewer="ok", editor="ok", owner="ok", admin="ok"),
+    ),
+    "events": Case(
+        # The first DTU ever created is the team's; only its members (and admins) may see it.
+        subscription(
+            'subscription { events(after: "0", types: ["DTU_CREATED"]) { type workspaceId } }', lambda w: {}
+        ),
+        expect(
+            anonymous="nothing", other="nothing", viewer="team", editor="team", owner="team", admin="team"
+        ),
+        team_events,
+    ),
+}
 
 #: Root fields contributed by lenses that may not be installed (the example bookmarks lens).
 OPTIONAL_FIELDS = frozenset({"bookmarkStats", "importBookmarks"})
@@ -606,7 +791,8 @@ KNOWN_UNAUDITED: dict[tuple[str, str], str] = {
 }
 
 #: Root fields whose description does not yet say what they need (reported; same rule as above).
-KNOWN_WITHOUT_NEEDS = frozenset({"node", "dtu", "artifact"})  # api/gql/nodes.py, dtus.py, artifacts.py
+#: api/gql/nodes.py, dtus.py, artifacts.py, jobs.py, workflows.py
+KNOWN_WITHOUT_NEEDS = frozenset({"node", "dtu", "artifact", "job", "workflow", "events"})
 
 
 def schema_fields(runtime: Runtime) -> dict[str, dict[str, Any]]:
@@ -673,6 +859,8 @@ def audit_problems(world: World, name: str, actor: str, outcome: str, call: Call
     """Every mutation, allowed or denied, leaves an audit row with who, what, where from and the result."""
     rows = audit_rows(world.runtime, call.request_id)
     wanted = "allowed" if outcome == "ok" else "denied" if outcome in DENIALS else None
+    if wanted is None:  # refused for the state of things (CONFLICT), after the policy let it through
+        return []
     found = [
         row
         for row in rows
@@ -697,11 +885,52 @@ def test_mutation_access_and_audit(world: World, name: str) -> None:
     check_case(world, "Mutation", name, MUTATIONS[name])
 
 
-@pytest.mark.parametrize(
-    "name", list(SUBSCRIPTIONS) or [pytest.param("-", marks=pytest.mark.skip("none yet"))]
-)
+@pytest.mark.parametrize("name", list(SUBSCRIPTIONS))
 def test_subscription_access(world: World, name: str) -> None:
     check_case(world, "Subscription", name, SUBSCRIPTIONS[name])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: errors a subscription sends lack extensions {code requestId} and carry the raw operator "
+    "message ('-: NOT_FOUND: job not found'): api/gql/errors.py ErrorShaping only shapes queries and "
+    "mutations",
+)
+def test_subscription_errors_are_typed(world: World) -> None:
+    text = "subscription($id: ID!) { jobUpdated(id: $id) { id } }"
+    message = first_message(world.ws_url, text, {"id": gid("Job", world.job)})
+    assert message is not None
+    errors = message["payload"] if message["type"] == "error" else message["payload"]["errors"]
+    assert errors[0]["extensions"]["code"] == "NOT_FOUND"
+    assert errors[0]["message"] == "job not found"
+
+
+def test_subscriptions_refuse_bad_credentials(world: World) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        first_message(world.ws_url, "subscription { events { type } }", headers=bearer("not a credential"))
+    assert refused.value.response.status_code == 401
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gap: subscriptions read credentials from the websocket handshake's headers only "
+    "(api/app.py graphql_context); the issue asks for the connection_init payload too (browsers cannot set "
+    "websocket headers)",
+)
+def test_subscriptions_authenticate_in_the_init_payload(world: World) -> None:
+    text = "subscription($id: ID!) { jobUpdated(id: $id) { id } }"
+    url, payload = world.ws_url, {"Authorization": world.headers("viewer")["Authorization"]}
+    with connect(url, subprotocols=["graphql-transport-ws"], open_timeout=5, close_timeout=0.2) as ws:  # type: ignore[list-item]
+        ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+        assert json.loads(ws.recv(timeout=5))["type"] == "connection_ack"
+        variables = {"id": gid("Job", world.job)}
+        ws.send(
+            json.dumps({"id": "1", "type": "subscribe", "payload": {"query": text, "variables": variables}})
+        )
+        message = json.loads(ws.recv(timeout=5))
+    assert message["type"] == "next" and message["payload"]["data"]["jobUpdated"]["id"] == gid(
+        "Job", world.job
+    )
 
 
 def test_denials_are_counted_in_metrics(world: World) -> None:
@@ -784,6 +1013,18 @@ def test_visibility_decides_reading_and_listing(world: World) -> None:
             ]
             assert (item is not None) == readable, (actor, visibility)
             assert (items[visibility] in listed_ids) == (actor in LISTERS[visibility]), (actor, visibility)
+
+
+def test_the_event_log_shows_members_only_what_they_may_read(world: World) -> None:
+    """A private DTU in the shared workspace: its owner and admins see its events; other members do not."""
+    private = world.fresh_dtu(visibility="private", title="private in the team")
+    text = 'subscription { events(after: "0", types: ["DTU_CREATED"]) { entityId workspaceId } }'
+    for actor, sees in (("viewer", False), ("editor", False), ("owner", True), ("admin", True)):
+        messages = subscription_messages(world.ws_url, text, headers=world.headers(actor), wait=0.5)
+        assert all(m["type"] == "next" for m in messages), messages
+        ids = {m["payload"]["data"]["events"]["entityId"] for m in messages}
+        assert gid("Dtu", world.dtu) in ids  # the team's readable DTUs are there
+        assert (gid("Dtu", private) in ids) is sees, actor
 
 
 # --- unknown and forbidden look alike ------------------------------------------------------------------

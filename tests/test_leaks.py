@@ -305,3 +305,24 @@ def test_history_does_not_reveal_the_ids_of_unreadable_citations(leaks: Leaks) -
         "query($id: ID!) { dtu(id: $id) { history { citationIds } } }",
         {"id": gid("Dtu", leaks.public_dtu)},
     )
+
+
+@pytest.mark.parametrize("who", WHO)
+def test_rest_pages_leave_them_out(leaks: Leaks, who: str) -> None:
+    headers = leaks.bob.headers if who == "bob" else {}
+    own = 1 if who == "bob" else 0
+    expected = {"dtus": 1 + own, "artifacts": 0, "lens_items": 0}  # Alice's public DTU (+ Bob's own)
+    for name, total in expected.items():
+        searches = ({}, {"search": SECRET}) + (({"tags": SECRET_TAG},) if name != "lens_items" else ())
+        for params in searches:
+            response = leaks.instance.client.get(f"/api/{name}/paginated", params=params, headers=headers)
+            assert response.status_code == 200, response.text
+            assert_not_leaked(leaks, response.text)
+            page = response.json()
+            assert page["total"] == (total if not params else 0), (name, params, page)
+            assert len(page["items"]) == page["total"]
+            # Facets are disjunctive (a field's counts ignore its own filter), so with tags=secret-tag the
+            # tags facet still counts what else is readable; it must never count the hidden things.
+            if name == "dtus" and not params:
+                visibility = {v["value"]: v["count"] for v in page["facets"]["visibility"]["values"]}
+                assert visibility == ({"public": 1, "private": 1} if own else {"public": 1})
