@@ -199,7 +199,7 @@ def test_pin_check_rejects_floating_tags(reference: str) -> None:
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     finished = one_shots(services)
-    assert finished == {"createbucket"}
+    assert finished == {"createbucket", "migrate"}
     for name, service in services.items():
         if name in finished:
             assert service.get("restart", "no") == "no", f"{name} runs once; it must not restart"
@@ -222,15 +222,17 @@ def test_depends_on_names_existing_services_with_valid_conditions(
 
 def test_app_services_wait_for_everything_they_use(services: dict[str, dict[str, Any]]) -> None:
     apps = app_services(services)
-    assert set(apps) == {"api", "worker"}
-    for name, service in apps.items():
-        waits = depends_on(service)
-        assert waits == {
+    assert set(apps) == {"api", "worker", "migrate"}
+    for name in ("api", "worker"):
+        assert depends_on(apps[name]) == {
             "postgres": "service_healthy",
             "redis": "service_healthy",
             "minio": "service_healthy",
             "createbucket": "service_completed_successfully",
+            "migrate": "service_completed_successfully",
         }, name
+    assert depends_on(apps["migrate"]) == {"postgres": "service_healthy"}
+    assert apps["migrate"]["command"] == ["concord", "migrate"]
     assert depends_on(services["createbucket"]) == {"minio": "service_healthy"}
 
 
@@ -286,11 +288,10 @@ def test_settings_point_at_services_defined_here(services: dict[str, dict[str, A
         database = urlparse(settings.resolved_database_url)
         redis = urlparse(settings.redis_url or "")
         s3 = urlparse(settings.s3_endpoint_url or "")
-        for url, service_name, port in (
-            (database, "postgres", 5432),
-            (redis, "redis", 6379),
-            (s3, "minio", 9000),
-        ):
+        used = [(database, "postgres", 5432)]
+        if name != "migrate":  # it only touches the database
+            used += [(redis, "redis", 6379), (s3, "minio", 9000)]
+        for url, service_name, port in used:
             assert url.hostname == service_name, f"{name}: {url.geturl()} is not the {service_name} service"
             assert url.hostname in services
             assert (url.port or port) == port

@@ -4,6 +4,9 @@ Appends are serialized through the single ``event_head`` row (locked ``FOR UPDAT
 serializes writers itself), and the lock is held until the surrounding transaction commits, so sequence
 order is commit order and a reader tailing by ``seq`` never skips an event. Each event's hash covers its
 content and the previous hash, so any edit, deletion or reordering breaks the chain.
+
+On PostgreSQL the append is one statement that locks the head, hashes and inserts the event and moves the
+head, so the lock is held for that statement and the commit, not for a round trip per step.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import LargeBinary, bindparam, insert, select, text, update
+from sqlalchemy import Connection, LargeBinary, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from concord_core.db.models import Event, EventHead
@@ -157,16 +160,20 @@ def append_event(
         "payload": payload,
         "created_at": created_at,
     }
+    # Core statements on the session's connection, not the unit of work: the ORM's bookkeeping would cost
+    # more than the append itself.
+    connection = session.connection()
     if postgres:
-        return _append_postgres(session, values)
-    head = session.execute(
-        select(EventHead.seq, EventHead.hash).where(EventHead.id == 1).with_for_update()
+        return _append_postgres(connection, values)
+    head = connection.execute(
+        select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
     ).one()
     event = Event(seq=head.seq + 1, prev_hash=head.hash, **values)
     event.hash = _hash_of(event)
-    # Core statements, not the unit of work: the ORM's bookkeeping costs more than the append itself.
-    session.execute(insert(_EVENTS), [{column.key: getattr(event, column.key) for column in _EVENTS.columns}])
-    session.execute(update(_HEAD).where(_HEAD.c.id == 1).values(seq=event.seq, hash=event.hash))
+    connection.execute(
+        insert(_EVENTS), [{column.key: getattr(event, column.key) for column in _EVENTS.columns}]
+    )
+    connection.execute(update(_HEAD).where(_HEAD.c.id == 1).values(seq=event.seq, hash=event.hash))
     return event
 
 
@@ -201,9 +208,9 @@ _APPEND_POSTGRES = text(
 ).bindparams(bindparam("prefix", type_=LargeBinary), bindparam("suffix", type_=LargeBinary))
 
 
-def _append_postgres(session: Session, values: dict[str, Any]) -> Event:
+def _append_postgres(connection: Connection, values: dict[str, Any]) -> Event:
     prefix, suffix = _hashed_body(**values)
-    row = session.execute(
+    row = connection.execute(
         _APPEND_POSTGRES,
         {
             **values,

@@ -140,8 +140,9 @@ def test_concord_lens_validate_passes_with_the_lens_installed(tmp_path: Path) ->
     assert "bookmarks 0.1.0" in installed.stdout
     assert installed.stdout.strip().endswith("0 problem(s)")
 
-    by_path = concord("lens", "validate", str(PACKAGE), str(PACKAGE / "manifest.json"), cwd=tmp_path)
-    assert by_path.returncode == 0, by_path.stdout + by_path.stderr
+    for path in (PACKAGE, PACKAGE / "manifest.json"):  # the lens folder, or its manifest file
+        by_path = concord("lens", "validate", str(path), cwd=tmp_path)
+        assert by_path.returncode == 0, by_path.stdout + by_path.stderr
 
     listed = concord("lens", "list", cwd=tmp_path)
     assert listed.returncode == 0
