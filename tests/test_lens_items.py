@@ -134,6 +134,12 @@ def test_create_checks_data_against_the_data_types_schema(gql: GraphQL, runtime:
     missing = create(gql, {"body": "no title"})
     assert errors(missing) == [("data", "VALIDATION")] and "title" in missing["errors"][0]["message"]
 
+    # format is asserted, not just an annotation: 30 February is no date
+    assert errors(create(gql, {"title": "Due", "due": "2026-02-30"})) == [("data.due", "VALIDATION")]
+    assert counts(runtime) == before
+    assert create(gql, {"title": "Due", "due": "2026-02-28"})["errors"] == []
+    before = counts(runtime)
+
     unknown_lens = create(gql, {"title": "x"}, lens_id="no-such-lens")
     assert errors(unknown_lens) == [("lensId", "NOT_FOUND")]
     unknown_type = create(gql, {"title": "x"}, type="no_such_type")

@@ -230,3 +230,18 @@ def test_a_manifest_without_lens_id_is_reported_under_its_folder_name(
         code, lines = cli(capsys, str(path))
         assert code == 1
         assert lines[0].startswith("nameless-lens: /lensId: manifest.wrong_type: "), lines
+
+
+def test_a_seed_that_breaks_a_format_is_invalid() -> None:
+    valid = manifest("valid")
+    valid["dataTypes"][0]["seed"][0]["due"] = "2026-02-30"
+    assert [(p.path, p.code) for p in validate_manifest(valid)] == [
+        ("/dataTypes/0/seed/0/due", ProblemCode.INVALID_SEED)
+    ]
+
+
+def test_the_same_manifest_named_twice_is_checked_once(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = MANIFESTS / "valid"
+    code, lines = cli(capsys, str(folder), str(folder / "manifest.json"), f"{folder}/../valid")
+    assert code == 0, lines
+    assert lines == ["ok: 1 manifest(s), 0 problem(s)"]

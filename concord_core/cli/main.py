@@ -60,6 +60,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from concord_core.plugins.registry import InvalidLenses
 
     configure_logging(settings.log_level, settings.log_json)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    # Refused before anything else: no lens is loaded, and no database created or migrated.
+    if settings.auth_mode is AuthMode.PUBLIC and not is_loopback(host) and not settings.allow_public_bind:
+        print(
+            f"concord: refusing to listen on {host} in public mode, where anyone who can connect acts as the "
+            "owner; use CONCORD_AUTH_MODE=apikey or jwt, or set CONCORD_ALLOW_PUBLIC_BIND=1",
+            file=sys.stderr,
+        )
+        return 2
     try:
         lenses = load_lenses(settings)
     except InvalidLenses as exc:
@@ -73,6 +83,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         before = upgrade(runtime.db)
     except SchemaTooNew as exc:
+        runtime.close()
         print(f"concord: {exc}", file=sys.stderr)
         return 2
     if before.pending:
@@ -80,15 +91,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             f"concord: migrated the database from {before.current or 'empty'} to {before.head}",
             file=sys.stderr,
         )
-    host = args.host or settings.host
-    port = args.port or settings.port
-    if settings.auth_mode is AuthMode.PUBLIC and not is_loopback(host) and not settings.allow_public_bind:
-        print(
-            f"concord: refusing to listen on {host} in public mode, where anyone who can connect acts as the "
-            "owner; use CONCORD_AUTH_MODE=apikey or jwt, or set CONCORD_ALLOW_PUBLIC_BIND=1",
-            file=sys.stderr,
-        )
-        return 2
     uvicorn.run(create_app(runtime), host=host, port=port, log_config=None, access_log=False)
     return 0
 
@@ -153,12 +155,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_lens_validate(args: argparse.Namespace, settings: Settings) -> int:
     from concord_core.api.gql.schema import KERNEL
-    from concord_core.plugins.manifest import validate_manifest_files
+    from concord_core.plugins.manifest import manifest_path, validate_manifest_files
     from concord_core.plugins.registry import build_registry, discover
 
     if args.paths:
         problems = validate_manifest_files([Path(path) for path in args.paths])
-        checked = f"{len(args.paths)} manifest(s)"
+        checked = f"{len({manifest_path(Path(path)) for path in args.paths})} manifest(s)"
     else:
         registry = build_registry(discover(), KERNEL)
         problems = registry.problems

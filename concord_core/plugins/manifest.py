@@ -59,6 +59,12 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(manifest_schema())
 
 
+def item_data_validator(schema: dict[str, Any]) -> Draft202012Validator:
+    """The validator for a data type's items: the schema as written, with ``format`` asserted (JSON Schema
+    2020-12 only annotates it by default, so ``"format": "uri"`` would otherwise accept anything)."""
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
 def _pointer(parts: Any) -> str:
     return "/" + "/".join(str(part) for part in parts)
 
@@ -187,7 +193,7 @@ def _rules(lens_id: str, manifest: dict[str, Any]) -> list[Problem]:
                 )
             )
             continue
-        item_validator = Draft202012Validator(entry["schema"])
+        item_validator = item_data_validator(entry["schema"])
         for seed_index, seed in enumerate(entry.get("seed", [])):
             try:
                 errors = list(item_validator.iter_errors(seed))
@@ -277,11 +283,20 @@ def load_manifest_file(path: Path) -> tuple[Any, list[Problem]]:
         return None, [Problem(fallback, "/", ProblemCode.NOT_JSON, f"{path} is not JSON: {exc}")]
 
 
+def manifest_path(path: Path) -> Path:
+    """The manifest file a path names (a lens folder names the manifest inside it), resolved."""
+    return (path / MANIFEST_FILE if path.is_dir() else path).resolve()
+
+
 def validate_manifest_files(paths: list[Path]) -> list[Problem]:
     """Every problem with the given manifests (or lens folders), including a lensId two of them share."""
     problems: list[Problem] = []
     seen: dict[str, Path] = {}
+    checked: set[Path] = set()
     for path in paths:
+        if manifest_path(path) in checked:  # the same manifest named twice (a folder and its file, say)
+            continue
+        checked.add(manifest_path(path))
         manifest, found = load_manifest_file(path)
         fallback = (path if path.is_dir() else path.parent).resolve().name
         problems += found or validate_manifest(manifest, fallback)

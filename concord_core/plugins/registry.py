@@ -22,7 +22,7 @@ from concord_core.browse.sources import KERNEL_BROWSABLES
 from concord_core.plugins import hookspecs
 from concord_core.plugins.contract import GraphQLContribution, JobHandler
 from concord_core.plugins.graphql_names import BUILTIN_TYPES, NotAStrawberryType, collect
-from concord_core.plugins.manifest import lens_id_of, validate_manifest
+from concord_core.plugins.manifest import item_data_validator, lens_id_of, validate_manifest
 from concord_core.plugins.markers import ENTRY_POINT_GROUP, PROJECT_NAME
 from concord_core.plugins.problems import Problem, ProblemCode
 
@@ -88,7 +88,7 @@ class LensRegistry:
             data_type = lens.data_type(type_name) if lens else None
             if data_type is None:
                 return None
-            self._validators[key] = Draft202012Validator(data_type["schema"])
+            self._validators[key] = item_data_validator(data_type["schema"])
         return self._validators[key]
 
     def job_handlers(self) -> dict[str, JobHandler]:
