@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from functools import partial
+from contextlib import suppress
+from functools import lru_cache, partial
+from typing import Any
 
 import strawberry
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter, SchemaExtension
+from strawberry.extensions import AddValidationRules, MaxTokensLimiter, SchemaExtension, ValidationCache
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
@@ -21,6 +23,7 @@ from concord_core.api.gql.errors import ErrorShaping
 from concord_core.api.gql.jobs import JobMutations, JobQueries, JobSubscriptions
 from concord_core.api.gql.lenses import LensMutations, LensQueries
 from concord_core.api.gql.nodes import NodeQueries
+from concord_core.api.gql.query_limits import limits_rule
 from concord_core.api.gql.workflows import WorkflowMutations, WorkflowQueries, WorkflowSubscriptions
 from concord_core.observability.context import set_lens_id, set_operation
 from concord_core.operators.errors import OperatorError
@@ -28,11 +31,14 @@ from concord_core.plugins.contract import GraphQLContribution
 from concord_core.plugins.graphql_names import collect
 from concord_core.plugins.registry import LensRegistry, load_registry
 from concord_core.settings import Settings
-from graphql import FieldNode, GraphQLError, OperationDefinitionNode
+from graphql import DocumentNode, FieldNode, GraphQLError, OperationDefinitionNode, parse
 
 MAX_DEPTH = 12
 MAX_ALIASES = 30
 MAX_TOKENS = 4000
+#: Distinct documents whose parse and validation are kept (an LRU each): a client's few operations are
+#: parsed and validated once, and unique documents cannot grow memory past this.
+DOCUMENT_CACHE_SIZE = 512
 
 
 @strawberry.type(description="About this Concord instance.")
@@ -104,6 +110,24 @@ class LensAttribution(SchemaExtension):
         yield
 
 
+@lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
+def _parse(query: str, **options: Any) -> DocumentNode:
+    return parse(query, **options)
+
+
+class ParseCache(SchemaExtension):
+    """strawberry's ``ParserCache``, except that a document that does not parse is left to strawberry's
+    own parsing step, which reports it like any other error (``ParserCache`` raises out of the hook)."""
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query and context.graphql_document is None:
+            # A document that does not parse is parsed again by strawberry, which reports the error.
+            with suppress(Exception):
+                context.graphql_document = _parse(context.query, **context.parse_options)
+        yield
+
+
 class ConcordSchema(strawberry.Schema):
     """Logs only unexpected errors: a client's bad input or a refusal is answered, not an incident."""
 
@@ -151,8 +175,14 @@ def build_schema(lenses: LensRegistry) -> strawberry.Schema:
             ErrorShaping,
             partial(LensAttribution, owners=owners),
             QueryCost,
-            partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
-            partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+            # Depth and aliases in one rule that walks each fragment once (strawberry's limiters expand
+            # every spread, exponential in fragments spreading fragments); the class is made once, so
+            # the validation cache below recognises every request's rules as the same.
+            partial(AddValidationRules, [limits_rule(MAX_DEPTH, MAX_ALIASES)]),
             partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+            # Parsing and validating a document cost more server CPU than a whole createDtu's SQL; a
+            # document depends only on its text, and its validation only on the document and rules.
+            ParseCache,
+            partial(ValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
         ],
     )
