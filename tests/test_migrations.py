@@ -23,10 +23,13 @@ from concord_core.db.models import Base
 
 @pytest.fixture
 def concord(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], database_url: str, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    empty_database_url: str,
+    tmp_path: Path,
 ) -> Callable[..., tuple[int, str]]:
     """Run the `concord` command in-process against the test database; returns (exit code, output)."""
-    monkeypatch.setenv("CONCORD_DATABASE_URL", database_url)
+    monkeypatch.setenv("CONCORD_DATABASE_URL", empty_database_url)
     monkeypatch.setenv("CONCORD_STORAGE_URL", str(tmp_path / "objects"))
     monkeypatch.setenv("CONCORD_DATA_DIR", str(tmp_path))
 
@@ -45,7 +48,7 @@ def revisions() -> list[str]:
     return [rev.revision for rev in reversed(list(script.walk_revisions()))]
 
 
-def test_status_and_migrate(concord: Callable[..., tuple[int, str]], database_url: str) -> None:
+def test_status_and_migrate(concord: Callable[..., tuple[int, str]], empty_database_url: str) -> None:
     all_revisions = revisions()
     head = all_revisions[-1]
     assert all_revisions[0] == "0001"
@@ -66,7 +69,7 @@ def test_status_and_migrate(concord: Callable[..., tuple[int, str]], database_ur
     code, out = concord("migrate")
     assert (code, out.strip()) == (0, f"already at {head}")
 
-    db = Database(database_url)
+    db = Database(empty_database_url)
     try:
         with db.engine.connect() as conn:
             tables = set(db.engine.dialect.get_table_names(conn))
@@ -76,10 +79,10 @@ def test_status_and_migrate(concord: Callable[..., tuple[int, str]], database_ur
 
 
 def test_schema_newer_than_the_code_is_refused(
-    concord: Callable[..., tuple[int, str]], database_url: str, monkeypatch: pytest.MonkeyPatch
+    concord: Callable[..., tuple[int, str]], empty_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert concord("migrate")[0] == 0
-    db = Database(database_url)
+    db = Database(empty_database_url)
     try:
         with db.engine.begin() as conn:
             conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
@@ -104,7 +107,7 @@ def test_schema_newer_than_the_code_is_refused(
     assert "Traceback" not in out
 
     # Nothing was changed by the refusals.
-    db = Database(database_url)
+    db = Database(empty_database_url)
     try:
         with db.engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "ffff"
@@ -112,8 +115,8 @@ def test_schema_newer_than_the_code_is_refused(
         db.dispose()
 
 
-def test_models_match_the_migrations(database_url: str) -> None:
-    db = Database(database_url)
+def test_models_match_the_migrations(empty_database_url: str) -> None:
+    db = Database(empty_database_url)
     try:
         migrate.upgrade(db)
         with db.engine.connect() as conn:
