@@ -11,6 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +38,36 @@ def _service_missing(what: str, error: Exception) -> None:
     pytest.skip(f"{what} not reachable: {error}")
 
 
-def _sqlalchemy_url(name: str) -> str:
+def sqlalchemy_url(name: str) -> str:
     """The URL of database ``name`` on the test server, for SQLAlchemy with psycopg 3."""
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
     return f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
-    name = f"concord_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def postgres_database(prefix: str = "concord_test", template: str | None = None) -> Iterator[str]:
+    """A new database on the test server (a copy of ``template`` if given), named ``<prefix>_<random>``;
+    yields its name and drops it afterwards. Outside CI a missing server skips the test; in CI, fails it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         _service_missing("PostgreSQL", exc)
         raise
     with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield _sqlalchemy_url(name)
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    with postgres_database() as name:
+        yield sqlalchemy_url(name)
 
 
 REDIS_TEST_URL = os.environ.get("CONCORD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -110,20 +121,11 @@ def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def migrated_postgres_template() -> Iterator[str]:
     """A PostgreSQL database migrated to head once per session, the template of every test's database."""
-    name = f"concord_template_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        _service_missing("PostgreSQL", exc)
-        raise
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    db = Database(_sqlalchemy_url(name))
-    upgrade(db)
-    db.dispose()  # CREATE DATABASE ... TEMPLATE needs the template without connections
-    yield name
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database("concord_template") as name:
+        db = Database(sqlalchemy_url(name))
+        upgrade(db)
+        db.dispose()  # CREATE DATABASE ... TEMPLATE needs the template without connections
+        yield name
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -135,13 +137,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         shutil.copyfile(request.getfixturevalue("migrated_sqlite_file"), path)
         yield f"sqlite:///{path}"
         return
-    template = request.getfixturevalue("migrated_postgres_template")
-    name = f"concord_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    yield _sqlalchemy_url(name)
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database(template=request.getfixturevalue("migrated_postgres_template")) as name:
+        yield sqlalchemy_url(name)
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
