@@ -324,7 +324,7 @@ def test_api_keys_scopes_expiry_shown_once_and_revocation(jwt_instance: Instance
     assert (
         theirs
         == unknown["revokeApiKey"]
-        == {"apiKey": None, "errors": [{"code": "NOT_FOUND", "message": "api_key not found"}]}
+        == {"apiKey": None, "errors": [{"code": "NOT_FOUND", "message": "API key not found"}]}
     )
     assert who(instance, bearer(write_key)) == owner.email
     assert instance.mutate(REVOKE_KEY, {"id": write_id}, admin_headers)["apiKey"]["revokedAt"]

@@ -32,7 +32,14 @@ from concord_core.auth.tokens import (
 from concord_core.db.models import ApiKey, AuthSession, Membership, User, Workspace
 from concord_core.db.types import utcnow
 from concord_core.observability.context import current
-from concord_core.operators.base import OperationContext, record_denial, record_outcome, validate, write
+from concord_core.operators.base import (
+    OperationContext,
+    noun,
+    record_denial,
+    record_outcome,
+    validate,
+    write,
+)
 from concord_core.operators.errors import ErrorCode, OperatorError, not_found
 from concord_core.settings import AuthMode
 
@@ -309,7 +316,7 @@ def revoke_api_key(ctx: OperationContext, key_id: str) -> ApiKey:
         # Someone else's key and an unknown id are refused alike (and both audited), so ids cannot be probed.
         change.authorize(Action.EDIT, AccountTarget(key.user_id if key else None), "api_key", key_id)
         if key is None:
-            raise not_found("api_key")
+            raise not_found(noun("api_key"))
         if key.revoked_at is None:
             key.revoked_at = utcnow()
         change.audit("api_key", key.id, None, owner=key.user_id)

@@ -27,7 +27,7 @@ from concord_core.db.snapshots import (
     dtu_version_snapshot,
 )
 from concord_core.db.types import utcnow
-from concord_core.operators.base import Change, OperationContext, validate, write
+from concord_core.operators.base import Change, OperationContext, check_access, validate, write
 from concord_core.operators.errors import ErrorCode, OperatorError, not_found
 from concord_core.storage import BlobRef, BlobTooLarge
 
@@ -163,7 +163,7 @@ def create_artifact(
     ctx: OperationContext, data: dict[str, Any], stream: BinaryIO
 ) -> tuple[Artifact, ArtifactVersion]:
     request = validate(CreateArtifactInput, data)
-    workspace_id = ctx.workspace_for(request.workspace_id)
+    workspace_id = ctx.workspace_for(request.workspace_id, "artifact.create")
     with _before_storing(ctx, "artifact.create") as check:
         check.authorize(Action.CREATE, WorkspaceTarget(workspace_id), "workspace", workspace_id)
     blob = store_blob(ctx, stream)
@@ -266,13 +266,13 @@ def export_dtus(
         raise OperatorError.single(ErrorCode.VALIDATION, "export at most 10,000 DTUs at once", "ids")
     with ctx.db.read() as session:
         rows = {row.id: row for row in session.scalars(select(Dtu).where(Dtu.id.in_(dtu_ids)))}
-        missing = [
-            i
-            for i, dtu_id in enumerate(dtu_ids)
-            if dtu_id not in rows or not can_read(ctx.principal, rows[dtu_id])
-        ]
-        if missing:
-            raise OperatorError.single(ErrorCode.NOT_FOUND, "dtu not found", f"ids.{missing[0]}")
+    for index, dtu_id in enumerate(dtu_ids):
+        if dtu_id not in rows:
+            raise not_found("dtu", f"ids.{index}")
+        # An unreadable DTU is refused (and audited) by the policy, with the error an unknown id gets.
+        check_access(ctx, "dtu.export", Action.READ, rows[dtu_id], "dtu", dtu_id, f"ids.{index}")
+    workspace_id = ctx.workspace_for(None, "dtu.export")
+    with ctx.db.read() as session:
         document: dict[str, Any] = {"format": EXPORT_FORMAT, "exported_at": utcnow().isoformat(), "dtus": []}
         for dtu_id in dtu_ids:
             entry: dict[str, Any] = {"dtu": dtu_snapshot(rows[dtu_id])}
@@ -290,7 +290,6 @@ def export_dtus(
         media_type="application/json",
         filename="dtus-export.json",
     )
-    workspace_id = ctx.workspace_for(None)
     blob = store_blob(ctx, io.BytesIO(body))
     with write(ctx, "dtu.export") as change:
         artifact = _new_artifact(change, request, workspace_id, request.media_type)

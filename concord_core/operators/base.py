@@ -48,11 +48,17 @@ class OperationContext:
     lenses: LensRegistry | None = None
     after_commit: list[AfterCommit] = field(default_factory=list)
 
-    def workspace_for(self, workspace_id: str | None) -> str:
-        """The workspace a new thing goes to: the one asked for, else the principal's own."""
+    def workspace_for(self, workspace_id: str | None, action: str = "create") -> str:
+        """The workspace a new thing goes to: the one asked for, else the principal's own.
+
+        Someone without a workspace of their own (anonymous) who names none is refused here, before any
+        write: the refusal is audited and counted under ``action`` like any denial.
+        """
         chosen = workspace_id or self.principal.default_workspace_id
         if chosen is None:
-            raise OperatorError.single(ErrorCode.UNAUTHENTICATED, "sign in to create things")
+            message = "sign in to create things"
+            record_denial(self, action, ("workspace", None, None), message)
+            raise OperatorError.single(ErrorCode.UNAUTHENTICATED, message)
         return chosen
 
 
@@ -92,12 +98,16 @@ class Change:
         resource: Owned | WorkspaceTarget | InstanceTarget,
         target_type: str,
         target_id: str,
+        field: str | None = None,
     ) -> None:
+        """Check ``action`` on ``resource`` with the policy. A denial rolls the change back, is audited
+        (target: ``target_type``/``target_id``) and refused; a hidden one as "<noun> not found" on
+        ``field``, exactly what an unknown id gets."""
         self.audit_target = (target_type, target_id, resource.workspace_id)
         try:
             authorize(self.ctx.principal, action, resource)
         except AccessDenied as exc:
-            raise _Denied(exc, target_type, target_id, resource.workspace_id) from None
+            raise _Denied(exc, target_type, target_id, resource.workspace_id, field) from None
         if (
             isinstance(resource, WorkspaceTarget)
             and self.session.get(Workspace, resource.workspace_id) is None
@@ -154,9 +164,29 @@ class _DryRun(Exception):
 
 
 class _Denied(Exception):
-    def __init__(self, denied: AccessDenied, target_type: str, target_id: str, workspace_id: str) -> None:
+    def __init__(
+        self,
+        denied: AccessDenied,
+        target_type: str,
+        target_id: str,
+        workspace_id: str,
+        field: str | None = None,
+    ) -> None:
         self.denied = denied
         self.target = (target_type, target_id, workspace_id)
+        self.field = field
+
+
+#: Audit target types whose readable noun is not just the type with spaces for underscores.
+_NOUNS = {"api_key": "API key"}
+
+
+def noun(target_type: str | None) -> str:
+    """How errors name a thing of an audit target type: ``lens_item`` is "lens item", ``api_key`` "API
+    key". Operators use it for unknown ids too, so unknown and hidden read alike."""
+    if not target_type:
+        return "resource"
+    return _NOUNS.get(target_type, target_type.replace("_", " "))
 
 
 ACCESS_DENIED = counter("concord_access_denied_total", "Operations the policy refused.", ["action"])
@@ -195,6 +225,33 @@ def record_denial(
     record_outcome(ctx, action, target, "denied", {"reason": reason})
 
 
+def _refusal(denied: _Denied, ctx: OperationContext, action: str) -> OperatorError:
+    """Audit a policy denial and give the error the caller sees."""
+    record_denial(ctx, action, denied.target, str(denied.denied))
+    if denied.denied.hidden:
+        # The same error an unknown id gets, so ids cannot be probed.
+        return not_found(noun(denied.target[0]), denied.field)
+    return OperatorError.single(ErrorCode.FORBIDDEN, str(denied.denied))
+
+
+def check_access(
+    ctx: OperationContext,
+    action: str,
+    access: Action,
+    resource: Owned,
+    target_type: str,
+    target_id: str,
+    field: str | None = None,
+) -> None:
+    """The policy check of an operation that reads before it writes (an export reads its sources first):
+    a denial is audited under ``action`` and refused exactly as :meth:`Change.authorize` refuses it."""
+    try:
+        authorize(ctx.principal, access, resource)
+    except AccessDenied as exc:
+        denied = _Denied(exc, target_type, target_id, resource.workspace_id, field)
+        raise _refusal(denied, ctx, action) from None
+
+
 @contextmanager
 def write(ctx: OperationContext, action: str) -> Iterator[Change]:
     """Run one operator's writes as a single transaction (see the module docstring)."""
@@ -208,10 +265,6 @@ def write(ctx: OperationContext, action: str) -> Iterator[Change]:
     except _DryRun:
         return
     except _Denied as denied:
-        record_denial(ctx, action, denied.target, str(denied.denied))
-        if denied.denied.hidden:
-            # The same error an unknown id gets, so ids cannot be probed.
-            raise not_found(denied.target[0] or "resource") from None
-        raise OperatorError.single(ErrorCode.FORBIDDEN, str(denied.denied)) from None
+        raise _refusal(denied, ctx, action) from None
     for hook in ctx.after_commit:
         hook(change)

@@ -184,7 +184,7 @@ def _record(change: Change, dtu: Dtu, change_kind: str, event_type: str, **extra
 
 def create_dtu(ctx: OperationContext, data: dict[str, Any]) -> Dtu:
     request = validate(CreateDtuInput, data)
-    workspace_id = ctx.workspace_for(request.workspace_id)
+    workspace_id = ctx.workspace_for(request.workspace_id, "dtu.create")
     fields = request.model_dump(exclude_none=True, exclude={"workspace_id", "visibility"}, mode="json")
     state = {**DEFAULTS, **fields}
     with write(ctx, "dtu.create") as change:
@@ -357,7 +357,7 @@ def dedupe_dtus(
     ctx: OperationContext, workspace_id: str | None, *, dry_run: bool = False
 ) -> list[DedupeGroup]:
     """Find active DTUs with the same content hash and merge each group into its oldest member."""
-    workspace = ctx.workspace_for(workspace_id)
+    workspace = ctx.workspace_for(workspace_id, "dtu.dedupe")
     with write(ctx, "dtu.dedupe") as change:
         change.dry_run = dry_run
         change.authorize(Action.CREATE, WorkspaceTarget(workspace), "workspace", workspace)

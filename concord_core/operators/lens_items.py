@@ -127,7 +127,7 @@ def _new_item(
 def create_item(ctx: OperationContext, data: dict[str, Any]) -> LensItem:
     request = validate(CreateItemInput, data)
     check_data(_validator(ctx, request.lens_id, request.item_type), request.data)
-    workspace_id = ctx.workspace_for(request.workspace_id)
+    workspace_id = ctx.workspace_for(request.workspace_id, "lens_item.create")
     with write(ctx, "lens_item.create") as change:
         change.authorize(Action.CREATE, WorkspaceTarget(workspace_id), "workspace", workspace_id)
         return _new_item(
@@ -229,8 +229,10 @@ def _sync(
                 if kind == "dtu"
                 else change.session.get(Artifact, source_id)
             )
-            if row is None or not can_read(ctx.principal, row):
-                raise OperatorError.single(ErrorCode.NOT_FOUND, f"{kind} not found", f"ids.{index}")
+            if row is None:
+                raise not_found(kind, f"ids.{index}")
+            # Unreadable sources are refused (and audited) by the policy, with the error unknown ids get.
+            change.authorize(Action.READ, row, kind, source_id, f"ids.{index}")
             existing = change.session.scalar(
                 select(LensItem).where(
                     LensItem.lens_id == lens_id, LensItem.source_kind == kind, LensItem.source_id == source_id
@@ -259,7 +261,7 @@ def _sync(
 
 def seed_items(ctx: OperationContext) -> int:
     """Create the seed items manifests declare (development mode only; idempotent). Returns how many."""
-    workspace_id = ctx.workspace_for(None)
+    workspace_id = ctx.workspace_for(None, "lens_item.seed")
     created = 0
     for lens in _registry(ctx).active:
         for entry in (lens.manifest or {}).get("dataTypes", []):

@@ -12,15 +12,18 @@ from concord_core.api.gql.context import GqlInfo
 from concord_core.api.gql.dtus import Dtu
 from concord_core.api.gql.errors import FieldErrorType, payload_errors
 from concord_core.api.gql.ids import expect_global_id, to_global_id
-from concord_core.auth.policy import can_read
+from concord_core.auth.policy import Action, can_read
 from concord_core.db import models
 from concord_core.operators.artifacts import create_artifact
+from concord_core.operators.base import check_access
 from concord_core.operators.dtus import get_dtu
-from concord_core.operators.errors import ErrorCode, OperatorError
+from concord_core.operators.errors import ErrorCode, OperatorError, not_found
 from lenses.knowledge.markdown import render
 
 MAX_DEPTH = 3
 MAX_NODES = 200
+#: The audit action of a refused Markdown export (an allowed one is audited as the artifact it creates).
+EXPORT_ACTION = "knowledge.export_markdown"
 
 
 @strawberry.type(description="One citation: `from` cites `to`.")
@@ -120,7 +123,16 @@ class KnowledgeMutations:
             if not keys:
                 raise OperatorError.single(ErrorCode.VALIDATION, "name at least one DTU", "ids")
             with ctx.db.read() as session:
-                rows = [get_dtu(ctx, session, key) for key in keys]
+                found = {
+                    row.id: row for row in session.scalars(select(models.Dtu).where(models.Dtu.id.in_(keys)))
+                }
+            rows = []
+            for index, key in enumerate(keys):
+                if key not in found:
+                    raise not_found("dtu", f"ids.{index}")
+                # An unreadable DTU is refused (and audited) by the policy, as an unknown id is.
+                check_access(ctx, EXPORT_ACTION, Action.READ, found[key], "dtu", key, f"ids.{index}")
+                rows.append(found[key])
             document = render(rows, title).encode()
             artifact, _version = create_artifact(
                 ctx,
