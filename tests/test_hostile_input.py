@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 import pytest
@@ -282,9 +283,9 @@ READS = [
 ]
 
 
-#: (field, text) that fail on PostgreSQL with an INTERNAL error today: the kernel passes a NUL character
-#: to the database, which refuses it (reported; outside the account code). When fixed, the test says so.
-KNOWN_ON_POSTGRES = {("lensItems", "a\x00b"): "api/gql/lenses.py lensItems passes lensId to SQL as is"}
+#: (field, text) that fail on PostgreSQL with an INTERNAL error (a NUL character passed on to the
+#: database, which refuses it), each a reported bug; when one is fixed, the test says so. None today.
+KNOWN_ON_POSTGRES: dict[tuple[str, str], str] = {}
 
 
 def outcome(body: dict[str, Any], name: str) -> set[str]:
@@ -384,3 +385,98 @@ def test_malformed_ids_of_account_objects_are_not_found(targets: dict[str, Targe
             )
             assert body["data"] == {"node": None} and not body.get("errors"), body
     assert row_counts(instance.runtime) == before
+
+
+#: Keys no database row can have: over-long, NUL and other control characters (PostgreSQL refuses NUL in
+#: text outright), and text that looks like SQL.
+IMPOSSIBLE_KEYS = ("x" * 300, "a\x00b", "\x00" * 36, "tab\there", "' OR 1=1 --", "%")
+UNKNOWN = "00000000-0000-4000-8000-000000000000"
+
+#: (field, query with $id, type name, outcomes allowed): every kind of id argument, read and written.
+ID_ARGUMENTS = [
+    ("node", "query($id: ID!) { node(id: $id) { id } }", "Dtu", {"null"}),
+    ("dtu", "query($id: ID!) { dtu(id: $id) { id } }", "Dtu", {"null"}),
+    ("artifact", "query($id: ID!) { artifact(id: $id) { id } }", "Artifact", {"null"}),
+    ("job", "query($id: ID!) { job(id: $id) { id } }", "Job", {"null"}),
+    ("workflow", "query($id: ID!) { workflow(id: $id) { id } }", "Workflow", {"null"}),
+    (
+        "editDtu",
+        "mutation($id: ID!) { editDtu(input: {id: $id, expectedVersion: 1}) { errors { code } } }",
+        "Dtu",
+        {"NOT_FOUND"},
+    ),
+    (
+        "publishDtu",
+        "mutation($id: ID!) { publishDtu(id: $id, visibility: PUBLIC) { errors { code } } }",
+        "Dtu",
+        {"NOT_FOUND"},
+    ),
+    ("exportDtus", "mutation($id: ID!) { exportDtus(ids: [$id]) { errors { code } } }", "Dtu", {"NOT_FOUND"}),
+    (
+        "createDtu",
+        'mutation($id: ID!) { createDtu(input: {title: "t", workspaceId: $id}) { errors { code } } }',
+        "Workspace",
+        {"NOT_FOUND"},
+    ),
+    (
+        "publishArtifact",
+        "mutation($id: ID!) { publishArtifact(id: $id, visibility: PUBLIC) { errors { code } } }",
+        "Artifact",
+        {"NOT_FOUND"},
+    ),
+    (
+        "deleteLensItem",
+        "mutation($id: ID!) { deleteLensItem(id: $id, expectedVersion: 1) { errors { code } } }",
+        "LensItem",
+        {"NOT_FOUND"},
+    ),
+    (
+        "syncToLens",
+        'mutation($id: ID!) { syncToLens(lensId: "knowledge", ids: [$id]) { errors { code } } }',
+        "Dtu",
+        {"NOT_FOUND"},
+    ),
+    ("cancelJob", "mutation($id: ID!) { cancelJob(id: $id) { errors { code } } }", "Job", {"NOT_FOUND"}),
+    (
+        "cancelWorkflow",
+        "mutation($id: ID!) { cancelWorkflow(id: $id) { errors { code } } }",
+        "Workflow",
+        {"NOT_FOUND"},
+    ),
+]
+
+
+@pytest.mark.parametrize("key", IMPOSSIBLE_KEYS, ids=["long", "nul", "all-nul", "tab", "sql", "percent"])
+def test_impossible_ids_are_not_found_and_change_nothing(targets: dict[str, Target], key: str) -> None:
+    """Hostile ids in GraphQL arguments and REST paths: the answer an unknown id gets, never INTERNAL."""
+    target = targets["jwt"]
+    instance = target.instance
+    headers = bearer(target.key)
+    before = row_counts(instance.runtime)
+    problems = []
+    for name, query, type_name, allowed in ID_ARGUMENTS:
+        for global_id in (gid(type_name, key), key):  # a well-formed global id of the key, and the key alone
+            response = instance.client.post(
+                "/graphql", json={"query": query, "variables": {"id": global_id}}, headers=headers
+            )
+            assert response.status_code == 200, response.text
+            assert_no_internals(response.text)
+            got = outcome(response.json(), name)
+            if not got <= allowed:
+                problems.append(f"{name}({global_id!r}): {got}, expected {allowed}")
+    unknown = instance.client.get(f"/api/artifacts/{UNKNOWN}/versions/1/content", headers=headers)
+    assert unknown.status_code == 404
+    for path in (
+        f"/api/artifacts/{quote(key, safe='')}/versions/1/content",
+        f"/api/artifacts/{UNKNOWN}/versions/{2**40}/content",
+        f"/api/artifacts/{UNKNOWN}/versions/-1/content",
+    ):
+        response = instance.client.get(path, headers=headers)
+        assert_no_internals(response.text)
+        if path.endswith("/1/content"):
+            # The same answer as an unknown id, so impossible and unknown ids cannot be told apart.
+            assert (response.status_code, response.json()) == (404, unknown.json()), path
+        else:
+            assert response.status_code == 404, (path, response.text)
+    assert row_counts(instance.runtime) == before
+    assert not problems, "\n".join(problems)

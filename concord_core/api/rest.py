@@ -12,18 +12,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import text
 
+from concord_core.api.gql.ids import plausible_key
 from concord_core.api.runtime import Runtime
 from concord_core.auth.authenticate import AuthenticationFailed
 from concord_core.auth.principal import Principal
 from concord_core.observability.context import current_request_id, set_user_id
 from concord_core.observability.metrics import metrics_response
 from concord_core.operators import artifacts as artifact_ops
-from concord_core.operators.errors import ErrorCode, OperatorError
+from concord_core.operators.errors import ErrorCode, OperatorError, not_found
 from concord_core.plugins.manifest import manifest_schema
 from concord_core.settings import AuthMode
 from concord_core.storage import BlobNotFound, StorageError
 
 log = logging.getLogger("concord.api")
+#: The largest version number the database can hold (a 32-bit integer column).
+MAX_VERSION = 2**31 - 1
 router = APIRouter()
 
 STATUS_FOR_CODE = {
@@ -180,7 +183,14 @@ async def download_artifact(
     ctx = rt.operation_context(who)
 
     def lookup() -> tuple[str, int, str, str | None]:
+        # Ids and versions that cannot exist are not found without asking the database (PostgreSQL
+        # refuses NUL in text and integers beyond its range): the same answer as any unknown one.
+        if not plausible_key(artifact_id):
+            raise not_found("artifact")
         with rt.db.read() as session:
+            if not 0 < version <= MAX_VERSION:
+                artifact_ops.get_artifact(ctx, session, artifact_id)
+                raise not_found("artifact version")
             row = artifact_ops.get_version(ctx, session, artifact_id, version)
             return row.blob_sha256, row.size, row.media_type, row.filename
 

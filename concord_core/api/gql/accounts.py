@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from concord_core.api.gql.context import GqlInfo
 from concord_core.api.gql.errors import FieldErrorType, payload_errors
-from concord_core.api.gql.ids import expect_global_id, to_global_id
+from concord_core.api.gql.ids import expect_global_id, plausible_key, to_global_id
 from concord_core.api.gql.nodes import Node, register_node
 from concord_core.auth.policy import AccessDenied, Action, InstanceTarget, authorize
 from concord_core.db import models
@@ -133,7 +133,7 @@ async def _my_workspaces(info: GqlInfo) -> list[Workspace]:
 
 def _plausible(key: str) -> bool:
     """Whether ``key`` can be a database key at all (a UUID); others are not looked up."""
-    return len(key) <= 36 and key.isprintable()
+    return plausible_key(key)
 
 
 async def load_workspace(info: GqlInfo, key: str) -> Workspace | None:
@@ -340,7 +340,7 @@ class AccountMutations:
         ctx = info.context.ops
         return await _attempt(
             info,
-            lambda: ops.revoke_api_key(ctx, _key(id, "ApiKey", "api_key", "id")),
+            lambda: ops.revoke_api_key(ctx, _key(id, "ApiKey", "API key", "id")),
             lambda row: ApiKeyPayload(api_key=ApiKey.from_row(row)),
             ApiKeyPayload,
         )
