@@ -8,6 +8,7 @@ once, on SQLite.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -43,8 +44,10 @@ from authz import (
 )
 from procs import CONCORD, free_port, server_env
 from sqlalchemy import select
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
 
+import concord_core.api.gql.schema as gql_schema
 import concord_core.observability.logging as observability_logging
 from concord_core.cli.main import main
 from concord_core.db.models import AuditEntry, User
@@ -102,10 +105,16 @@ def test_public_mode_refuses_a_non_loopback_bind_unless_allowed(
     use_env(monkeypatch, server_env(tmp_path, database_url, auth_mode="public"))
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("must not serve"))
     monkeypatch.setattr(observability_logging, "configure_logging", lambda *args, **kwargs: None)
+    monkeypatch.setattr(
+        gql_schema, "load_lenses", lambda *args, **kwargs: pytest.fail("must not load lenses")
+    )
     assert main(["serve", "--host", "0.0.0.0", "--port", str(free_port())]) == 2
     stderr = capsys.readouterr().err
     assert "refusing to listen on 0.0.0.0 in public mode" in stderr
     assert "CONCORD_ALLOW_PUBLIC_BIND" in stderr
+    # Refused before anything else: nothing was migrated, not even an empty database file made.
+    assert not (tmp_path / "concord.db").exists()
+    assert "migrated" not in stderr
 
     # Allowed explicitly, a real server starts on all addresses.
     env = server_env(tmp_path, database_url, auth_mode="public", allow_public_bind="1")
@@ -167,15 +176,28 @@ def test_apikey_mode_needs_a_key_for_everything_but_health(tmp_path: Path, datab
         claims |= {"iat": int(now.timestamp()), "exp": int((now + timedelta(minutes=5)).timestamp())}
         forged = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
         assert_unauthenticated(client.post("/graphql", json={"query": VIEWER}, headers=bearer(forged)))
-        # Subscriptions too: the websocket handshake is refused without a key.
+        # Subscriptions too: a bad key in the handshake is refused there; with none, the key may come in
+        # the connection_init payload (browsers cannot set websocket headers), and without one there the
+        # connection is closed (4403) before anything runs.
         job = "subscription($id: ID!) { jobUpdated(id: $id) { id } }"
         unknown = {"id": gid("Job", "00000000-0000-4000-8000-000000000000")}
         with served(client.app) as url:
             with pytest.raises(InvalidStatus) as refused:
-                first_message(url, job, unknown)
+                first_message(url, job, unknown, bearer("ck_not_a_key"))
             assert refused.value.response.status_code == 401
+            with pytest.raises(ConnectionClosed) as closed:
+                first_message(url, job, unknown)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
             answered = first_message(url, job, unknown, bearer(token))
             assert answered is not None and answered["type"] in ("next", "error")
+            for payload in ({"X-API-Key": token}, {"authorization": f"Bearer {token}"}):
+                with connect(url, subprotocols=["graphql-transport-ws"], open_timeout=5) as ws:  # type: ignore[list-item]
+                    ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+                    assert json.loads(ws.recv(timeout=5))["type"] == "connection_ack"
+                    query = {"query": "subscription { events { type } }"}
+                    ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
+                    with pytest.raises(TimeoutError):  # subscribed, and quiet: nothing has happened since
+                        ws.recv(timeout=0.5)
         # And nobody signs in or up here.
         body = instance.data(LOGIN, {"email": account.email, "password": PASSWORD}, bearer(token))
         assert [e["code"] for e in body["login"]["errors"]] == ["FORBIDDEN"]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import Any, cast
 
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import HTTPConnection
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
+from strawberry.types.unset import UNSET, UnsetType
 
 import concord_core
 from concord_core.api import rest
@@ -18,8 +21,56 @@ from concord_core.api.gql.schema import build_schema
 from concord_core.api.limits import BodySizeLimit
 from concord_core.api.paginated import add_paginated_routes
 from concord_core.api.runtime import Runtime
+from concord_core.auth.authenticate import AuthenticationFailed
+from concord_core.auth.principal import ANONYMOUS
+from concord_core.observability.context import set_user_id
 from concord_core.observability.metrics import gauge
 from concord_core.observability.middleware import RequestContextMiddleware
+from concord_core.settings import AuthMode
+
+#: The credential keys a websocket's connection_init payload may carry (any case), as the HTTP headers.
+CREDENTIAL_KEYS = frozenset({"authorization", "x-api-key"})
+
+
+def _has_credential_headers(connection: HTTPConnection) -> bool:
+    return any(key in connection.headers for key in CREDENTIAL_KEYS)
+
+
+def init_payload_credentials(payload: Any) -> dict[str, str] | None:
+    """The credentials in a connection_init payload, keyed like headers (lower case), or None when it
+    carries none; raises AuthenticationFailed for malformed ones (a key twice, a value not a string)."""
+    if not isinstance(payload, dict):
+        return None
+    found: dict[str, str] = {}
+    for key, value in payload.items():
+        name = key.lower() if isinstance(key, str) else None
+        if name not in CREDENTIAL_KEYS:
+            continue
+        if name in found or not isinstance(value, str):
+            raise AuthenticationFailed("malformed")
+        found[name] = value
+    return found or None
+
+
+class ConcordGraphQLRouter(GraphQLRouter[Context, None]):
+    """The GraphQL endpoint; websockets may authenticate in their connection_init payload."""
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """Authenticate from the payload's Authorization or X-API-Key (as the HTTP headers do); bad
+        credentials, or none where the instance needs them, close the connection (4403) before any
+        subscription starts."""
+        try:
+            credentials = init_payload_credentials(context.connection_params)
+            if credentials is not None:
+                runtime = context.runtime
+                context.principal = await anyio.to_thread.run_sync(runtime.authenticate, credentials)
+                context.awaiting_credentials = False
+                set_user_id(context.principal.user_id)
+        except AuthenticationFailed:
+            raise ConnectionRejectionError from None
+        if context.awaiting_credentials:
+            raise ConnectionRejectionError
+        return UNSET
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -42,9 +93,19 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     async def graphql_context(connection: HTTPConnection) -> Context:
         # An HTTP request or a subscription's websocket: principal() reads only headers, state and app.
+        if (
+            connection.scope["type"] == "websocket"
+            and runtime.settings.auth_mode is AuthMode.APIKEY
+            and not _has_credential_headers(connection)
+        ):
+            # A websocket may authenticate in its connection_init payload instead (browsers cannot set
+            # its headers); until it does, it is nobody and can run nothing (ConcordGraphQLRouter).
+            context = Context(runtime, ANONYMOUS)
+            context.awaiting_credentials = True
+            return context
         return Context(runtime, await rest.principal(cast(Request, connection)))
 
-    graphql = GraphQLRouter(
+    graphql = ConcordGraphQLRouter(
         build_schema(runtime.lenses),
         context_getter=graphql_context,
         multipart_uploads_enabled=True,

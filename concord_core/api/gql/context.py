@@ -23,6 +23,8 @@ class Context(BaseContext):
         super().__init__()
         self.runtime = runtime
         self.principal = principal
+        #: A websocket that must still authenticate in its connection_init payload (apikey mode).
+        self.awaiting_credentials = False
         self._loaders: Loaders | None = None
 
     @property
