@@ -149,7 +149,10 @@ async def _artifact_mutation(info: GqlInfo, work: Any) -> ArtifactPayload:
 
 @strawberry.type
 class ArtifactQueries:
-    @strawberry.field(description="An artifact by ID; null when it does not exist or you cannot read it.")
+    @strawberry.field(
+        description="An artifact by ID; null when it does not exist or you cannot read it. "
+        "Needs: read on the artifact (per its visibility)."
+    )
     async def artifact(self, info: GqlInfo, id: strawberry.ID) -> Artifact | None:
         try:
             key = expect_global_id(id, "Artifact", "artifact")

@@ -69,7 +69,7 @@ class DtuVersion:
     type: str
     visibility: Visibility
     citation_mode: ops.CitationMode
-    citation_ids: list[strawberry.ID]
+    citation_keys: strawberry.Private[list[str]]
     content_hash: str
     created_at: datetime
 
@@ -87,10 +87,23 @@ class DtuVersion:
             type=row.dtu_type,
             visibility=Visibility(row.visibility),
             citation_mode=ops.CitationMode(row.citation_mode),
-            citation_ids=[strawberry.ID(to_global_id("Dtu", c)) for c in row.citations],
+            citation_keys=row.citations,
             content_hash=row.content_hash,
             created_at=row.created_at,
         )
+
+    @strawberry.field(description="The IDs of the DTUs this version cited that you can read.")
+    async def citation_ids(self, info: GqlInfo) -> list[strawberry.ID]:
+        return [
+            strawberry.ID(to_global_id("Dtu", row.id)) for row in await _readable(info, self.citation_keys)
+        ]
+
+
+async def _readable(info: GqlInfo, keys: list[str]) -> list[models.Dtu]:
+    """The DTUs of ``keys`` that exist and the caller may read (per the policy), in order."""
+    rows = await info.context.loaders.dtus.load_many(keys)
+    principal = info.context.principal
+    return [row for row in rows if row is not None and can_read(principal, row)]
 
 
 @strawberry.type(
@@ -146,9 +159,7 @@ class Dtu(Node):
 
     @strawberry.field(description="The DTUs this one cites that you can read.")
     async def citations(self, info: GqlInfo) -> list[Dtu]:
-        rows = await info.context.loaders.dtus.load_many(self.citation_keys)
-        principal = info.context.principal
-        return [Dtu.from_row(row) for row in rows if row is not None and can_read(principal, row)]
+        return [Dtu.from_row(row) for row in await _readable(info, self.citation_keys)]
 
     @strawberry.field(description="Every version of this DTU, oldest first.")
     async def history(self, info: GqlInfo) -> list[DtuVersion]:
@@ -284,7 +295,10 @@ register_node("Dtu", load_dtu)
 
 @strawberry.type
 class DtuQueries:
-    @strawberry.field(description="A DTU by ID; null when it does not exist or you cannot read it.")
+    @strawberry.field(
+        description="A DTU by ID; null when it does not exist or you cannot read it. "
+        "Needs: read on the DTU (per its visibility)."
+    )
     async def dtu(self, info: GqlInfo, id: strawberry.ID) -> Dtu | None:
         try:
             key = expect_global_id(id, "Dtu", "dtu")

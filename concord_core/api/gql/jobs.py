@@ -225,7 +225,10 @@ async def _job_mutation(info: GqlInfo, work: Any) -> JobPayload:
 
 @strawberry.type
 class JobQueries:
-    @strawberry.field(description="A job by ID; null when it does not exist or you cannot read it.")
+    @strawberry.field(
+        description="A job by ID; null when it does not exist or you cannot read it. "
+        "Needs: its owner, a member of its workspace, or an administrator."
+    )
     async def job(self, info: GqlInfo, id: strawberry.ID) -> Job | None:
         try:
             key = job_key(id)
@@ -337,7 +340,8 @@ class JobSubscriptions:
     @strawberry.subscription(
         description="A tail of the event log: every event after `after` (a cursor from an earlier event; "
         "default: from now) that you may see, optionally only of `types`, then each new one as it is "
-        "committed. Reconnect with the last cursor you got and you miss nothing."
+        "committed. Reconnect with the last cursor you got and you miss nothing. Needs: membership of an "
+        "event's workspace (all, for administrators), and read on the thing it carries; others are left out."
     )
     async def events(
         self, info: GqlInfo, after: str | None = None, types: list[str] | None = None

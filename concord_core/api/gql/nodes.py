@@ -27,7 +27,10 @@ def register_node(type_name: str, loader: NodeLoader) -> None:
 
 @strawberry.type
 class NodeQueries:
-    @strawberry.field(description="Any object by global ID; null when unknown or you cannot read it.")
+    @strawberry.field(
+        description="Any object by global ID; null when unknown or you cannot read it. "
+        "Needs: read on that object (as its own query field needs)."
+    )
     async def node(self, info: GqlInfo, id: strawberry.ID) -> Node | None:
         try:
             type_name, key = from_global_id(id)

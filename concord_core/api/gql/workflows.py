@@ -208,7 +208,10 @@ async def _mutation(info: GqlInfo, work: Any) -> WorkflowPayload:
 
 @strawberry.type
 class WorkflowQueries:
-    @strawberry.field(description="A workflow by ID; null when it does not exist or you cannot read it.")
+    @strawberry.field(
+        description="A workflow by ID; null when it does not exist or you cannot read it. "
+        "Needs: its owner, a member of its workspace, or an administrator."
+    )
     async def workflow(self, info: GqlInfo, id: strawberry.ID) -> Workflow | None:
         try:
             key = workflow_key(id)
