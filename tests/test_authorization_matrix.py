@@ -37,11 +37,12 @@ from authz import (
     metric,
     mode_settings,
     open_instance,
+    row_counts,
     served,
     sign_in,
     subscription_messages,
 )
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from concord_core.api.gql.schema import build_schema
@@ -719,11 +720,7 @@ def subscription(text: str, variables: Callable[[World], dict[str, Any]]) -> Run
             return Call({"data": {root: "<nothing>"}}, "")
         errors = message["payload"] if message["type"] == "error" else message["payload"].get("errors")
         if errors:
-            # Subscription errors lack extensions.code today (see the xfail below); read the code from
-            # the message, "<field>: <CODE>: <text>", so the matrix still checks the decision.
-            for error in errors:
-                if "code" not in error.get("extensions", {}):
-                    error["extensions"] = {"code": error["message"].split(": ")[1]}
+            assert_no_internals(json.dumps(errors))
             return Call({"errors": errors}, "")
         if message["type"] == "complete":
             return Call({"data": {root: "<complete>"}}, "")
@@ -769,30 +766,9 @@ SUBSCRIPTIONS: dict[str, Case] = {
 #: Root fields contributed by lenses that may not be installed (the example bookmarks lens).
 OPTIONAL_FIELDS = frozenset({"bookmarkStats", "importBookmarks"})
 
-#: Mutation calls that are refused without an audit row today. Each is a bug outside the account code,
-#: reported; when one is fixed, the test says to remove it from here.
-KNOWN_UNAUDITED: dict[tuple[str, str], str] = {
-    **{
-        ("exportDtus", actor): "operators/artifacts.py export_dtus refuses unreadable DTUs before write()"
-        for actor in ("anonymous", "other")
-    },
-    **{
-        ("syncToLens", actor): "operators/lens_items.py sync_to_lens raises NOT_FOUND inside write(), "
-        "which rolls back without a denial row"
-        for actor in ("anonymous", "other")
-    },
-    **{
-        ("knowledgeExportMarkdown", actor): "lenses/knowledge/schema.py reads with get_dtu before any write()"
-        for actor in ("anonymous", "other")
-    },
-    ("importBookmarks", "anonymous"): "operators/base.py OperationContext.workspace_for raises "
-    "UNAUTHENTICATED before write() (createDtu, createArtifact, createLensItem, dedupeDtus without a "
-    "workspaceId alike)",
-}
-
-#: Root fields whose description does not yet say what they need (reported; same rule as above).
-#: api/gql/nodes.py, dtus.py, artifacts.py, jobs.py, workflows.py
-KNOWN_WITHOUT_NEEDS = frozenset({"node", "dtu", "artifact", "job", "workflow", "events"})
+#: Mutation calls refused without an audit row, each a reported bug: when one is fixed, the test says to
+#: remove it from here. (None today: every refusal, allowed or denied, leaves its row.)
+KNOWN_UNAUDITED: dict[tuple[str, str], str] = {}
 
 
 def schema_fields(runtime: Runtime) -> dict[str, dict[str, Any]]:
@@ -826,16 +802,13 @@ def test_every_root_field_is_in_the_matrix(world: World) -> None:
 
 def test_every_root_field_states_what_it_needs(world: World) -> None:
     fields = schema_fields(world.runtime)
-    without = {
-        name
-        for found in fields.values()
+    without = sorted(
+        f"{root}.{name}"
+        for root, found in fields.items()
         for name, definition in found.items()
         if "Needs:" not in (definition.description or "")
-    }
-    assert without == set(KNOWN_WITHOUT_NEEDS), (
-        f"root fields whose description lacks 'Needs:': {sorted(without - KNOWN_WITHOUT_NEEDS)}; "
-        f"fixed, remove from KNOWN_WITHOUT_NEEDS: {sorted(KNOWN_WITHOUT_NEEDS - without)}"
     )
+    assert not without, f"root fields whose description lacks 'Needs:': {without}"
 
 
 def check_case(world: World, root: str, name: str, case: Case) -> None:
@@ -890,19 +863,15 @@ def test_subscription_access(world: World, name: str) -> None:
     check_case(world, "Subscription", name, SUBSCRIPTIONS[name])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: errors a subscription sends lack extensions {code requestId} and carry the raw operator "
-    "message ('-: NOT_FOUND: job not found'): api/gql/errors.py ErrorShaping only shapes queries and "
-    "mutations",
-)
 def test_subscription_errors_are_typed(world: World) -> None:
     text = "subscription($id: ID!) { jobUpdated(id: $id) { id } }"
     message = first_message(world.ws_url, text, {"id": gid("Job", world.job)})
     assert message is not None
     errors = message["payload"] if message["type"] == "error" else message["payload"]["errors"]
     assert errors[0]["extensions"]["code"] == "NOT_FOUND"
+    assert errors[0]["extensions"]["requestId"]
     assert errors[0]["message"] == "job not found"
+    assert_no_internals(json.dumps(message))
 
 
 def test_subscriptions_refuse_bad_credentials(world: World) -> None:
@@ -911,26 +880,59 @@ def test_subscriptions_refuse_bad_credentials(world: World) -> None:
     assert refused.value.response.status_code == 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: subscriptions read credentials from the websocket handshake's headers only "
-    "(api/app.py graphql_context); the issue asks for the connection_init payload too (browsers cannot set "
-    "websocket headers)",
-)
-def test_subscriptions_authenticate_in_the_init_payload(world: World) -> None:
+def init_payload_subscription(world: World, payload: dict[str, Any]) -> dict[str, Any]:
+    """jobUpdated on the fixture job over a websocket that authenticates only in its connection_init
+    payload; the first message back (the connection refused: {"type": "closed", "code": ...})."""
     text = "subscription($id: ID!) { jobUpdated(id: $id) { id } }"
-    url, payload = world.ws_url, {"Authorization": world.headers("viewer")["Authorization"]}
-    with connect(url, subprotocols=["graphql-transport-ws"], open_timeout=5, close_timeout=0.2) as ws:  # type: ignore[list-item]
+    with connect(
+        world.ws_url, subprotocols=["graphql-transport-ws"], open_timeout=5, close_timeout=0.2
+    ) as ws:  # type: ignore[list-item]
         ws.send(json.dumps({"type": "connection_init", "payload": payload}))
-        assert json.loads(ws.recv(timeout=5))["type"] == "connection_ack"
+        try:
+            ack = json.loads(ws.recv(timeout=5))
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None
+            return {"type": "closed", "code": closed.rcvd.code}
+        assert ack["type"] == "connection_ack"
         variables = {"id": gid("Job", world.job)}
         ws.send(
             json.dumps({"id": "1", "type": "subscribe", "payload": {"query": text, "variables": variables}})
         )
-        message = json.loads(ws.recv(timeout=5))
-    assert message["type"] == "next" and message["payload"]["data"]["jobUpdated"]["id"] == gid(
-        "Job", world.job
-    )
+        message: dict[str, Any] = json.loads(ws.recv(timeout=5))
+        return message
+
+
+@pytest.mark.parametrize("key", ["Authorization", "authorization", "X-API-Key", "x-api-key"])
+def test_subscriptions_authenticate_in_the_init_payload(world: World, key: str) -> None:
+    token = world.headers("viewer")["Authorization"]
+    value = token if key.lower() == "authorization" else token.removeprefix("Bearer ")
+    message = init_payload_subscription(world, {key: value})
+    assert message["type"] == "next", message
+    assert message["payload"]["data"]["jobUpdated"]["id"] == gid("Job", world.job)
+    # Without credentials the same subscription is refused as for anyone who may not read the job.
+    message = init_payload_subscription(world, {})
+    assert message["type"] in ("error", "next"), message
+    errors = message["payload"] if message["type"] == "error" else message["payload"]["errors"]
+    assert errors[0]["extensions"]["code"] == "NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"Authorization": "Bearer not a credential"},
+        {"X-API-Key": "ck_nothing_here"},
+        {"authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": 42},
+        {"Authorization": "Bearer x", "authorization": "Bearer y"},
+    ],
+    ids=["bad-token", "bad-key", "wrong-scheme", "not-a-string", "twice"],
+)
+def test_subscriptions_refuse_bad_credentials_in_the_init_payload(
+    world: World, payload: dict[str, Any]
+) -> None:
+    before = metric(world.instance.client, "concord_auth_failures_total")
+    assert init_payload_subscription(world, payload) == {"type": "closed", "code": 4403}
+    assert metric(world.instance.client, "concord_auth_failures_total") == before + 1
 
 
 def test_denials_are_counted_in_metrics(world: World) -> None:
@@ -1030,11 +1032,6 @@ def test_the_event_log_shows_members_only_what_they_may_read(world: World) -> No
 # --- unknown and forbidden look alike ------------------------------------------------------------------
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
-LENS_ITEM_NOUN = pytest.mark.xfail(
-    strict=True,
-    reason="bug: a hidden denial says 'lens_item not found' (operators/base.py write() uses the audit "
-    "target type as the noun) where an unknown id says 'lens item not found'",
-)
 
 
 def payload_errors(body: dict[str, Any], name: str) -> list[tuple[str, str]]:
@@ -1082,14 +1079,12 @@ def payload_errors(body: dict[str, Any], name: str) -> list[tuple[str, str]]:
             "mutation($id: ID!) { updateLensItem(id: $id, data: {}, expectedVersion: 1) "
             "{ errors { code message } } }",
             "LensItem",
-            marks=LENS_ITEM_NOUN,
             id="updateLensItem",
         ),
         pytest.param(
             "deleteLensItem",
             "mutation($id: ID!) { deleteLensItem(id: $id, expectedVersion: 1) { errors { code message } } }",
             "LensItem",
-            marks=LENS_ITEM_NOUN,
             id="deleteLensItem",
         ),
         pytest.param(
@@ -1198,3 +1193,125 @@ def test_audit_rows_record_actor_action_target_request_and_client(world: World) 
     )
     assert row.client_addr == CLIENT_ADDR
     assert "reason" in row.detail
+
+
+#: Refusals decided before (or beside) an operator's write, each once reported without an audit row:
+#: (name, actor, query, variables, expected code, audited action).
+REFUSED_BEFORE_WRITING: list[tuple[str, str, str, Callable[[World], dict[str, Any]], str, str]] = [
+    (
+        "exportDtus",
+        "other",
+        "mutation($id: ID!) { exportDtus(ids: [$id]) { artifact { id } errors { code field } } }",
+        lambda w: {"id": gid("Dtu", w.dtu)},
+        "NOT_FOUND",
+        "dtu.export",
+    ),
+    (
+        "exportDtus",
+        "anonymous",  # a public DTU, readable by anyone; exporting needs a workspace to put it in
+        "mutation($id: ID!) { exportDtus(ids: [$id]) { artifact { id } errors { code field } } }",
+        lambda w: {"id": gid("Dtu", w.fresh_dtu(visibility="public"))},
+        "UNAUTHENTICATED",
+        "dtu.export",
+    ),
+    (
+        "syncToLens",
+        "other",
+        'mutation($id: ID!) { syncToLens(lensId: "knowledge", ids: [$id]) { items { id } '
+        "errors { code field } } }",
+        lambda w: {"id": gid("Dtu", w.fresh_dtu())},
+        "NOT_FOUND",
+        "lens.sync",
+    ),
+    (
+        "knowledgeExportMarkdown",
+        "other",
+        "mutation($id: ID!) { knowledgeExportMarkdown(ids: [$id]) { artifactId errors { code field } } }",
+        lambda w: {"id": gid("Dtu", w.dtu)},
+        "NOT_FOUND",
+        "knowledge.export_markdown",
+    ),
+    (
+        "knowledgeExportMarkdown",
+        "anonymous",
+        "mutation($id: ID!) { knowledgeExportMarkdown(ids: [$id]) { artifactId errors { code field } } }",
+        lambda w: {"id": gid("Dtu", w.fresh_dtu(visibility="public"))},
+        "UNAUTHENTICATED",
+        "artifact.create",
+    ),
+    (
+        "createDtu",
+        "anonymous",  # no workspace named, and none of their own (workspace_for)
+        'mutation { createDtu(input: {title: "nobody\'s"}) { dtu { id } errors { code field } } }',
+        lambda w: {},
+        "UNAUTHENTICATED",
+        "dtu.create",
+    ),
+    (
+        "createLensItem",
+        "anonymous",
+        """mutation($d: JSON!) { createLensItem(lensId: "knowledge", type: "dtu_ref", data: $d) {
+           item { id } errors { code field } } }""",
+        lambda w: {"d": {"title": "t", "sourceKind": "dtu", "sourceId": "x"}},
+        "UNAUTHENTICATED",
+        "lens_item.create",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "actor", "text", "variables", "code", "action"),
+    REFUSED_BEFORE_WRITING,
+    ids=[f"{case[0]}-{case[1]}" for case in REFUSED_BEFORE_WRITING],
+)
+def test_refusals_before_writing_leave_exactly_one_denied_audit_row(
+    world: World,
+    name: str,
+    actor: str,
+    text: str,
+    variables: Callable[[World], dict[str, Any]],
+    code: str,
+    action: str,
+) -> None:
+    values = variables(world)
+    before = row_counts(world.runtime)
+    call = world.call(actor, text, values)
+    assert not call.body.get("errors"), call.body
+    errors = call.body["data"][name]["errors"]
+    assert [e["code"] for e in errors] == [code], call.body
+    if code == "NOT_FOUND":
+        assert errors[0]["field"] == "ids.0"  # the same field an unknown id names
+    [row] = audit_rows(world.runtime, call.request_id)
+    assert (row.actor_id, row.action, row.outcome, row.client_addr) == (
+        world.user_id(actor),
+        action,
+        "denied",
+        CLIENT_ADDR,
+    )
+    assert row_counts(world.runtime) == before
+
+
+def test_unknown_ids_in_exports_and_syncs_name_their_field(world: World) -> None:
+    for name, text in (
+        ("exportDtus", "mutation($ids: [ID!]!) { exportDtus(ids: $ids) { errors { code field message } } }"),
+        (
+            "syncToLens",
+            'mutation($ids: [ID!]!) { syncToLens(lensId: "knowledge", ids: $ids) '
+            "{ errors { code field message } } }",
+        ),
+        (
+            "knowledgeExportMarkdown",
+            "mutation($ids: [ID!]!) { knowledgeExportMarkdown(ids: $ids) { errors { code field message } } }",
+        ),
+    ):
+        hidden = [gid("Dtu", world.dtu), gid("Dtu", world.fresh_dtu(visibility="private"))]
+        unknown = [gid("Dtu", world.dtu), gid("Dtu", UNKNOWN)]
+        forbidden = world.call("editor", text, {"ids": hidden}).body["data"][name]["errors"]
+        missing = world.call("editor", text, {"ids": unknown}).body["data"][name]["errors"]
+        assert (
+            forbidden == missing == [{"code": "NOT_FOUND", "field": "ids.1", "message": "dtu not found"}]
+        ), (
+            name,
+            forbidden,
+            missing,
+        )
