@@ -44,19 +44,22 @@ def ensure_local_owner(db: Database) -> str:
 def load_principal(
     session: Session, user_id: str, *, scopes: frozenset[str] | None = None
 ) -> Principal | None:
-    """The principal of an enabled user, with their workspace roles; None if unknown or disabled."""
-    user = session.get(User, user_id)
-    if user is None or user.disabled_at is not None:
-        return None
+    """The principal of an enabled user, with their workspace roles; None if unknown or disabled.
+
+    One query (every request makes it): the user, their personal workspace and a row per membership."""
+    personal = select(Workspace.id).where(Workspace.personal_owner_id == User.id).limit(1).scalar_subquery()
     rows = session.execute(
-        select(Membership.workspace_id, Membership.role).where(Membership.user_id == user_id)
-    )
-    roles = {workspace_id: role for workspace_id, role in rows}
-    personal = session.scalar(select(Workspace.id).where(Workspace.personal_owner_id == user_id))
+        select(User.is_admin, User.disabled_at, personal, Membership.workspace_id, Membership.role)
+        .select_from(User)
+        .outerjoin(Membership, Membership.user_id == User.id)
+        .where(User.id == user_id)
+    ).all()
+    if not rows or rows[0].disabled_at is not None:
+        return None
     return Principal(
-        user_id=user.id,
-        roles=roles,
-        is_admin=user.is_admin,
+        user_id=user_id,
+        roles={row.workspace_id: row.role for row in rows if row.workspace_id is not None},
+        is_admin=rows[0].is_admin,
         scopes=scopes if scopes is not None else frozenset({READ_SCOPE, WRITE_SCOPE}),
-        default_workspace_id=personal,
+        default_workspace_id=rows[0][2],
     )

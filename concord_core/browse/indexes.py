@@ -57,26 +57,31 @@ def _keys(browsable: Browsable, obj: Any, *, old: bool) -> tuple[list[Key], set[
 
 
 def _upsert(connection: Connection, deltas: Counter[Key]) -> None:
+    """Add ``deltas`` to the counters in one statement (keys in sorted order, so concurrent transactions
+    lock counter rows in the same order)."""
+    rows = [
+        {
+            "source": source,
+            "facet": facet,
+            "value": value,
+            "visibility": visibility,
+            "workspace_id": workspace_id,
+            "owner_id": owner_id,
+            "count": delta,
+        }
+        for (source, facet, value, visibility, workspace_id, owner_id), delta in sorted(deltas.items())
+        if delta != 0
+    ]
+    if not rows:
+        return
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    for key, delta in sorted(deltas.items()):
-        if delta == 0:
-            continue
-        source, facet, value, visibility, workspace_id, owner_id = key
-        statement = dialect.insert(BrowseCount).values(
-            source=source,
-            facet=facet,
-            value=value,
-            visibility=visibility,
-            workspace_id=workspace_id,
-            owner_id=owner_id,
-            count=delta,
+    statement = dialect.insert(BrowseCount).values(rows)
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["source", "facet", "value", "visibility", "workspace_id", "owner_id"],
+            set_={"count": BrowseCount.count + statement.excluded["count"]},
         )
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["source", "facet", "value", "visibility", "workspace_id", "owner_id"],
-                set_={"count": BrowseCount.count + delta},
-            )
-        )
+    )
 
 
 @event.listens_for(Session, "before_flush")

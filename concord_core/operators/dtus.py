@@ -144,7 +144,11 @@ def _check_citations(change: Change, dtu_id: str, mode: str, citations: list[str
     if len(set(citations)) != len(citations):
         errors.append(FieldError("citations", ErrorCode.VALIDATION, "a DTU is cited twice"))
     others = sorted(set(citations) - {dtu_id})
-    found = {row.id: row for row in change.session.scalars(select(Dtu).where(Dtu.id.in_(others)))}
+    found = (
+        {row.id: row for row in change.session.scalars(select(Dtu).where(Dtu.id.in_(others)))}
+        if others
+        else {}
+    )
     for index, cited in enumerate(citations):
         row = found.get(cited)
         if cited != dtu_id and (row is None or not can_read(change.ctx.principal, row)):
@@ -167,7 +171,8 @@ def _record(change: Change, dtu: Dtu, change_kind: str, event_type: str, **extra
             **{name: getattr(dtu, name) for name in DTU_FIELDS},
         )
     )
-    change.session.execute(delete(DtuCitation).where(DtuCitation.citing_id == dtu.id))
+    if change_kind != "created":  # a DTU created in this transaction has no citation rows yet
+        change.session.execute(delete(DtuCitation).where(DtuCitation.citing_id == dtu.id))
     if dtu.citations:
         change.session.execute(
             insert(DtuCitation), [{"citing_id": dtu.id, "cited_id": c} for c in dtu.citations]
