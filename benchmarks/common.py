@@ -66,6 +66,25 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """:func:`cpu_seconds` of ``pid`` and of every process below it (uvicorn's worker processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    total, stack = None, [pid]
+    while stack:
+        current = stack.pop()
+        seconds = cpu_seconds(current)
+        if seconds is not None:
+            total = (total or 0.0) + seconds
+        stack += children.get(current, [])
+    return total
+
+
 def header(title: str) -> None:
     print(f"# {title}")
     print(f"# {machine()}, load average {load()}")

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,12 +106,18 @@ class Server:
 
 
 def start_server(
-    env: dict[str, str], log_path: Path, *, port: int | None = None, timeout: float = READY_TIMEOUT
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    port: int | None = None,
+    timeout: float = READY_TIMEOUT,
+    args: Sequence[str] = (),
 ) -> Server:
     """Start ``concord serve`` with ``env`` and return once ``/readyz`` answers 200.
 
     Raises RuntimeError (with the server's log) if it exits or is not ready within ``timeout`` seconds.
-    A port taken between :func:`free_port` and the bind is retried once with another port.
+    A port taken between :func:`free_port` and the bind is retried once with another port. ``args`` are
+    more ``concord serve`` options (``["--workers", "2"]``).
     """
     attempts = 1 if port is not None else 2
     for attempt in range(attempts):
@@ -118,7 +125,7 @@ def start_server(
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(
-                [*CONCORD, "serve", "--host", "127.0.0.1", "--port", str(chosen)],
+                [*CONCORD, "serve", "--host", "127.0.0.1", "--port", str(chosen), *args],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -91,8 +92,35 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             f"concord: migrated the database from {before.current or 'empty'} to {before.head}",
             file=sys.stderr,
         )
+    workers = args.workers or 1
+    if workers > 1:
+        # Each worker process opens its own runtime (serve_app); the parent has migrated the database and
+        # made the local owner and seed items once, so the workers only find them.
+        runtime.start()
+        runtime.close()
+        uvicorn.run(
+            "concord_core.cli.main:serve_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+        )
+        return 0
     uvicorn.run(create_app(runtime), host=host, port=port, log_config=None, access_log=False)
     return 0
+
+
+def serve_app() -> Any:
+    """The app of one ``concord serve --workers N`` worker process, from the environment's settings."""
+    from concord_core.api.app import create_app
+    from concord_core.api.runtime import Runtime
+    from concord_core.observability.logging import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return create_app(Runtime.open(settings))
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -253,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="migrate the database, then serve the API")
     serve.add_argument("--host", help="bind address (default CONCORD_HOST)")
     serve.add_argument("--port", type=int, help="port (default CONCORD_PORT)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (default 1); each runs its own in-process job runners "
+        "when there is no Redis",
+    )
     serve.set_defaults(func=cmd_serve)
 
     commands.add_parser("migrate", help="apply pending migrations").set_defaults(func=cmd_migrate)
