@@ -96,10 +96,33 @@ def database(backend: str, postgres_url: str) -> Iterator[Database]:
             db.dispose()
 
 
+def commit_floor(db: Database, total: int) -> float:
+    """Commits per second of the bare driver, one client, each a one-row INSERT in its own transaction:
+    what the disk (fsync) and the connection allow before Concord does anything, so the append rate can
+    be read against it when other work on the machine moves both."""
+    connection = db.engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute("CREATE TABLE bench_floor (n INTEGER)")
+        connection.commit()
+        began = time.perf_counter()
+        for _ in range(total):
+            cursor.execute("INSERT INTO bench_floor (n) VALUES (1)")
+            connection.commit()
+        elapsed = time.perf_counter() - began
+        cursor.execute("DROP TABLE bench_floor")
+        connection.commit()
+    finally:
+        connection.close()
+    return total / elapsed
+
+
 def bench(backend: str, postgres_url: str, total: int, threads: int) -> dict[int, float]:
     rates: dict[int, float] = {}
     with database(backend, postgres_url) as db:
         upgrade(db)
+        floor = commit_floor(db, min(total, 1000))
+        print(f"{backend:<9} floor: the bare driver commits {floor:8.0f}/s (1 client, one-row INSERT each)")
         append_one(db, 0, -1)  # warm up: connection, statement caches
         for clients in (1, threads):
             elapsed, latencies = run(db, total, clients)
