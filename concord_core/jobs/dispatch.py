@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from concord_core.db.models import Job
 from concord_core.db.types import utcnow
 from concord_core.jobs.lease import has_due_job
+from concord_core.jobs.records import JobState
 
 if TYPE_CHECKING:
     from concord_core.jobs.service import JobService
@@ -49,7 +49,7 @@ class JobRef:
     run_after: datetime
 
     @classmethod
-    def of(cls, job: Job) -> JobRef:
+    def of(cls, job: JobState) -> JobRef:
         return cls(job.id, job.queue, job.attempts, job.timeout_seconds, job.run_after)
 
     @classmethod

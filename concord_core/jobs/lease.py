@@ -13,17 +13,31 @@ was presumed dead (its lease expired and was reaped) can never overwrite what th
 from __future__ import annotations
 
 import random
+import typing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from concord_core.db.engine import Database
 from concord_core.db.models import Job, JobRun
 from concord_core.db.types import UtcDateTime, new_id, utcnow
-from concord_core.jobs.records import JobStatus, Journal
+from concord_core.jobs.records import JobStatus, Journal, audit_from, request_params
 
 MAX_BACKOFF_SECONDS = 600.0
 
@@ -81,31 +95,63 @@ def has_due_job(db: Database, queues: list[str] | None = None) -> bool:
         return session.scalar(query.limit(1)) is not None
 
 
-def _taking(chosen: Any) -> Any:
-    """``UPDATE jobs`` taking the job ``chosen`` (an id or a subquery) if it is due; bind parameters
-    ``now``, ``worker`` and ``expires``."""
-    now = bindparam("now", type_=UtcDateTime())
+_JOBS = typing.cast(Table, Job.__table__)
+_RUNS = typing.cast(Table, JobRun.__table__)
+_NOW = bindparam("now", type_=UtcDateTime())
+_WORKER = bindparam("claim_worker", type_=String())
+
+
+def _taking(chosen: Any) -> Update:
+    """``UPDATE jobs`` taking the job ``chosen`` (an id or a subquery) if it is due, returning its columns;
+    bind parameters ``now``, ``claim_worker`` and ``expires`` (never a column's name: Core would take a
+    parameter named like a column for a value to set)."""
     return (
-        update(Job)
-        .where(Job.id == chosen, Job.status == JobStatus.QUEUED.value, Job.run_after <= now)
+        update(_JOBS)
+        .where(_JOBS.c.id == chosen, _JOBS.c.status == JobStatus.QUEUED.value, _JOBS.c.run_after <= _NOW)
         .values(
             status=JobStatus.RUNNING.value,
-            attempts=Job.attempts + 1,
-            lease_owner=bindparam("worker"),
+            attempts=_JOBS.c.attempts + 1,
+            lease_owner=_WORKER,
             lease_expires_at=bindparam("expires", type_=UtcDateTime()),
-            heartbeat_at=now,
-            dispatched_at=func.coalesce(Job.dispatched_at, now),
+            heartbeat_at=_NOW,
+            dispatched_at=func.coalesce(_JOBS.c.dispatched_at, _NOW),
             error=None,
-            updated_at=now,
+            updated_at=_NOW,
         )
-        .returning(Job)
-        .execution_options(synchronize_session=False)
+        .returning(*_JOBS.c)
     )
 
 
-# Built once: the statements every job runs are compiled and cached once, not rebuilt per job.
-_TAKE_BY_ID = _taking(bindparam("job_id"))
-_OPEN_RUN = insert(JobRun)
+def _next_due(queues: bool) -> Any:
+    """The oldest due job (on the queues bound as ``queues``), locked, skipping jobs others hold locked."""
+    pick = select(_JOBS.c.id).where(_JOBS.c.status == JobStatus.QUEUED.value, _JOBS.c.run_after <= _NOW)
+    if queues:
+        pick = pick.where(_JOBS.c.queue.in_(bindparam("queues", expanding=True)))
+    return pick.order_by(_JOBS.c.run_after, _JOBS.c.id).limit(1).with_for_update(skip_locked=True)
+
+
+def _claiming_in_one(taking: Update) -> Select[Any]:
+    """PostgreSQL: take the job, open its ``job_runs`` row and write its audit row in one statement (one
+    round trip instead of three); the ``JOB_STARTED`` event follows, last, in the same transaction."""
+    taken = taking.cte("taken")
+    opened = insert(_RUNS).from_select(
+        ["id", "job_id", "attempt", "worker", "started_at"],
+        select(bindparam("run_id", type_=String()), taken.c.id, taken.c.attempts, _WORKER, _NOW),
+    )
+    audited = audit_from(taken, "job.start", {"worker": cast(_WORKER, String())})
+    return select(taken).add_cte(opened.cte("opened"), audited.cte("audited"))
+
+
+# Built once: the statements every job runs are compiled and cached once, not rebuilt per job. The key
+# is (by id, with a queue filter, in one statement).
+_CLAIMS: dict[tuple[bool, bool, bool], Any] = {}
+for _by_id in (True, False):
+    for _queues in (False, True):
+        _chosen = bindparam("claim_job", type_=String()) if _by_id else _next_due(_queues).scalar_subquery()
+        _take = _taking(_chosen)
+        _CLAIMS[(_by_id, _queues, False)] = _take
+        _CLAIMS[(_by_id, _queues, True)] = _claiming_in_one(_take)
+_OPEN_RUN = insert(_RUNS)
 
 
 def claim(
@@ -120,29 +166,41 @@ def claim(
     Returns None when there is nothing to claim (the job is not queued, not due, or taken).
 
     One ``UPDATE ... RETURNING`` takes the job: by id (a concurrent claimer waits for the row and then finds
-    it no longer queued), or through a ``FOR UPDATE SKIP LOCKED`` subquery for the next due job."""
+    it no longer queued), or through a ``FOR UPDATE SKIP LOCKED`` subquery for the next due job. On
+    PostgreSQL the same statement opens the run and writes the audit row; then the event, then commit."""
     now = utcnow()
-    params: dict[str, Any] = {"now": now, "worker": worker, "expires": now + timedelta(seconds=lease_seconds)}
+    run_id = new_id()
+    params: dict[str, Any] = {
+        "now": now,
+        "claim_worker": worker,
+        "expires": now + timedelta(seconds=lease_seconds),
+        "run_id": run_id,
+        **request_params(),
+    }
     if job_id is not None:
-        taking, params["job_id"] = _TAKE_BY_ID, job_id
-    else:
-        pick = select(Job.id).where(_due(now))
-        if queues is not None:
-            pick = pick.where(Job.queue.in_(queues))
-        taking = _taking(
-            pick.order_by(Job.run_after, Job.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()
-        )
+        params["claim_job"] = job_id
+    elif queues is not None:
+        params["queues"] = list(queues)
     with db.write() as session:
-        job = session.scalar(taking, params)
+        connection = session.connection()
+        in_one = connection.dialect.name == "postgresql"
+        key = (job_id is not None, job_id is None and queues is not None, in_one)
+        job = connection.execute(_CLAIMS[key], params).first()
         if job is None:
             return None
-        run_id = new_id()
-        session.execute(
-            _OPEN_RUN,
-            {"id": run_id, "job_id": job.id, "attempt": job.attempts, "worker": worker, "started_at": now},
-        )
+        if not in_one:
+            connection.execute(
+                _OPEN_RUN,
+                {
+                    "id": run_id,
+                    "job_id": job.id,
+                    "attempt": job.attempts,
+                    "worker": worker,
+                    "started_at": now,
+                },
+            )
         journal = Journal(session)
-        journal.job(job, "JOB_STARTED", action="job.start", detail={"worker": worker})
+        journal.job(job, "JOB_STARTED", action="job.start", detail={"worker": worker}, audited=in_one)
         journal.flush()
         return Claim(
             job_id=job.id,

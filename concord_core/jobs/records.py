@@ -9,11 +9,25 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    Insert,
+    String,
+    Table,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+)
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from concord_core.auth.policy import Visibility
@@ -32,7 +46,25 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-_AUDIT = insert(AuditEntry)
+# A Core insert on the session's connection: the ORM's bulk-insert path costs more than the row itself.
+_AUDIT_TABLE = typing.cast(Table, AuditEntry.__table__)
+_AUDIT = insert(_AUDIT_TABLE)
+_AUDIT_COLUMNS = [
+    "created_at",
+    "actor_id",
+    "action",
+    "target_type",
+    "target_id",
+    "workspace_id",
+    "request_id",
+    "client_addr",
+    "outcome",
+    "detail",
+]
+
+#: A job as a transition sees it: the ORM row, or a Core row of the ``jobs`` columns (the hot paths of
+#: claiming and succeeding read it from ``UPDATE ... RETURNING``); only its attributes are read.
+JobState = Job | Row[Any]
 
 #: The live-update topic published whenever events were appended.
 EVENTS_TOPIC = "events"
@@ -60,7 +92,7 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def job_snapshot(job: Job) -> dict[str, Any]:
+def job_snapshot(job: JobState) -> dict[str, Any]:
     """The job's state as events carry it (the input is named by its hash; the output is included)."""
     return {
         "id": job.id,
@@ -102,22 +134,24 @@ class Journal:
     #: and its own audit row records the action, so the journal writes no audit rows of its own.
     change: Change | None = None
     events: list[_Pending] = field(default_factory=list)
-    dispatch: list[Job] = field(default_factory=list)
+    dispatch: list[JobState] = field(default_factory=list)
     topics: set[str] = field(default_factory=set)
 
     def job(
         self,
-        job: Job,
+        job: JobState,
         event_type: str,
         *,
         action: str,
         detail: dict[str, Any] | None = None,
         outcome: str = "allowed",
+        audited: bool = False,
     ) -> None:
         """Record a job transition: its event and, when a person started the job, an audit row. The actor is
-        the job's owner: a running job acts on their behalf."""
+        the job's owner: a running job acts on their behalf. ``audited``: the statement that made the
+        transition wrote the audit row already (see :func:`audit_from`)."""
         extra = detail or {}
-        if job.owner_id is not None and self.change is None:
+        if job.owner_id is not None and self.change is None and not audited:
             self.audit(
                 job.owner_id,
                 action,
@@ -158,7 +192,7 @@ class Journal:
         if self.change is not None:
             return
         request = current()
-        self.session.execute(
+        self.session.connection().execute(
             _AUDIT,
             {
                 "created_at": utcnow(),
@@ -200,3 +234,37 @@ class Journal:
         if self.events:
             self.topics.add(EVENTS_TOPIC)
         self.events = []
+
+
+def audit_from(
+    source: FromClause, action: str, detail: dict[str, ColumnElement[Any]] | None = None
+) -> Insert:
+    """PostgreSQL: ``INSERT INTO audit_log ... SELECT`` the audit row :meth:`Journal.job` writes for a job
+    transition, from ``source`` (a CTE of ``jobs`` rows an ``UPDATE ... RETURNING`` changed), so the
+    transition and its audit row take one statement. Bind parameters: ``now`` and :func:`request_params`
+    (and whatever ``detail`` uses); none is named like a column, or an ``UPDATE`` would also set it."""
+    pairs: list[Any] = ["job_type", source.c.job_type, "attempt", source.c.attempts]
+    for key, value in (detail or {}).items():
+        pairs += [key, value]
+    text = String()
+    return insert(_AUDIT_TABLE).from_select(
+        _AUDIT_COLUMNS,
+        select(
+            bindparam("now", type_=_AUDIT_TABLE.c.created_at.type),
+            source.c.owner_id,
+            literal(action, text),
+            literal("job", text),
+            source.c.id,
+            source.c.workspace_id,
+            cast(bindparam("audit_request", type_=text), text),
+            cast(bindparam("audit_client", type_=text), text),
+            literal("allowed", text),
+            func.jsonb_build_object(*[literal(p, text) if isinstance(p, str) else p for p in pairs]),
+        ).where(source.c.owner_id.is_not(None)),
+    )
+
+
+def request_params() -> dict[str, Any]:
+    """The bind parameters of :func:`audit_from` saying which request (if any) made the transition."""
+    request = current()
+    return {"audit_request": request.request_id, "audit_client": request.client_addr}

@@ -16,13 +16,12 @@ from collections.abc import Iterable, Sequence
 from concord_core.auth.accounts import load_principal
 from concord_core.auth.principal import Principal
 from concord_core.db.engine import Database
-from concord_core.db.models import Job
 from concord_core.jobs.catalog import JobCatalog, JobSpec
 from concord_core.jobs.dispatch import Dispatcher, InlineDispatcher, JobRef, worker_name
 from concord_core.jobs.lease import Claim, claim
 from concord_core.jobs.maintenance import Maintenance
 from concord_core.jobs.notify import Notifier, open_notifier
-from concord_core.jobs.records import EVENTS_TOPIC, JobStatus, Journal
+from concord_core.jobs.records import EVENTS_TOPIC, JobState, JobStatus, Journal
 from concord_core.jobs.runner import Heartbeats, execute
 from concord_core.jobs.transitions import Outcome, settle
 from concord_core.operators.base import AfterCommit, Change, OperationContext
@@ -150,7 +149,7 @@ class JobService:
         if journal.topics:
             self.notifier.publish(journal.topics)
 
-    def on_terminal(self, journal: Journal, job: Job) -> None:
+    def on_terminal(self, journal: Journal, job: JobState) -> None:
         """Inside the transaction that ends a job: advance the workflow it is a step of, if any."""
         from concord_core.jobs.workflows import advance_after_job
 

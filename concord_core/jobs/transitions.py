@@ -14,23 +14,24 @@ transaction, so a workflow records a step's result, and enqueues its next step, 
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Integer, Select, String, Table, Update, bindparam, select, update
 
 from concord_core.db.engine import Database
-from concord_core.db.models import Job
-from concord_core.db.types import utcnow
-from concord_core.jobs.lease import Claim, LeaseLost, backoff_seconds, close_run, holds, lock_held
-from concord_core.jobs.records import JobStatus, Journal
+from concord_core.db.models import Job, JobRun
+from concord_core.db.types import UtcDateTime, utcnow
+from concord_core.jobs.lease import Claim, LeaseLost, backoff_seconds, close_run, lock_held
+from concord_core.jobs.records import JobState, JobStatus, Journal, audit_from, request_params
 
 log = logging.getLogger("concord.jobs")
 
 #: Called inside the transaction that makes a job succeeded, failed or cancelled.
-OnTerminal = Callable[[Journal, Job], None]
+OnTerminal = Callable[[Journal, JobState], None]
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,50 @@ def fail_attempt(
     on_terminal(journal, job)
 
 
+def _succeeding() -> Update:
+    """``UPDATE jobs`` to succeeded, fenced on the claim (bind parameters ``held_job``, ``held_worker``,
+    ``held_attempt``, never a column's name), returning its columns."""
+    jobs = typing.cast(Table, Job.__table__)
+    now = bindparam("now", type_=UtcDateTime())
+    return (
+        update(jobs)
+        .where(
+            jobs.c.id == bindparam("held_job", type_=String()),
+            jobs.c.status == JobStatus.RUNNING.value,
+            jobs.c.lease_owner == bindparam("held_worker", type_=String()),
+            jobs.c.attempts == bindparam("held_attempt", type_=Integer()),
+        )
+        .values(
+            status=JobStatus.SUCCEEDED.value,
+            output=bindparam("output", type_=jobs.c.output.type),
+            progress=1.0,
+            error=None,
+            finished_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        .returning(*jobs.c)
+    )
+
+
+def _succeeding_in_one() -> Select[Any]:
+    """PostgreSQL: succeed the job, close its run and write its audit row in one statement."""
+    done = _succeeding().cte("done")
+    runs = typing.cast(Table, JobRun.__table__)
+    closed = (
+        update(runs)
+        .where(runs.c.job_id == done.c.id, runs.c.attempt == done.c.attempts, runs.c.finished_at.is_(None))
+        .values(finished_at=bindparam("now", type_=UtcDateTime()), outcome="succeeded", error=None)
+    )
+    return select(done).add_cte(closed.cte("closed"), audit_from(done, "job.succeeded").cte("audited"))
+
+
+# Built once, so every job reuses the compiled statements.
+_SUCCEED = _succeeding()
+_SUCCEED_IN_ONE = _succeeding_in_one()
+
+
 def settle(
     db: Database, held: Claim, outcome: Outcome, *, retry_base: float, on_terminal: OnTerminal
 ) -> Journal:
@@ -114,28 +159,27 @@ def settle(
         journal = Journal(session)
         now = utcnow()
         if isinstance(outcome, Succeeded):
-            # The common case in one statement: fenced on the claim, returning the row for the event.
-            job = session.scalar(
-                update(Job)
-                .where(holds(held))
-                .values(
-                    status=JobStatus.SUCCEEDED.value,
-                    output=outcome.output,
-                    progress=1.0,
-                    error=None,
-                    finished_at=now,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-                .returning(Job)
-                .execution_options(synchronize_session=False)
-            )
-            if job is None:
+            # The common case in one statement: fenced on the claim, returning the row for the event (on
+            # PostgreSQL closing the run and writing the audit row in the same statement too).
+            connection = session.connection()
+            in_one = connection.dialect.name == "postgresql"
+            done = connection.execute(
+                _SUCCEED_IN_ONE if in_one else _SUCCEED,
+                {
+                    "held_job": held.job_id,
+                    "held_worker": held.worker,
+                    "held_attempt": held.attempt,
+                    "output": outcome.output,
+                    "now": now,
+                    **request_params(),
+                },
+            ).first()
+            if done is None:
                 raise LeaseLost(held.job_id)
-            close_run(session, job.id, held.attempt, "succeeded", None)
-            journal.job(job, "JOB_SUCCEEDED", action="job.succeeded")
-            on_terminal(journal, job)
+            if not in_one:
+                close_run(session, done.id, held.attempt, "succeeded", None)
+            journal.job(done, "JOB_SUCCEEDED", action="job.succeeded", audited=in_one)
+            on_terminal(journal, done)
             journal.flush()
             return journal
         job = lock_held(session, held)

@@ -30,7 +30,7 @@ from concord_core.db.models import Job, Workflow, WorkflowStep
 from concord_core.db.types import utcnow
 from concord_core.jobs.catalog import JobCatalog
 from concord_core.jobs.enqueue import IdempotencyKey, new_job
-from concord_core.jobs.records import TERMINAL, JobAccess, JobStatus, Journal, input_hash
+from concord_core.jobs.records import TERMINAL, JobAccess, JobState, JobStatus, Journal, input_hash
 from concord_core.operators.base import Change, OperationContext, validate, write
 from concord_core.operators.errors import ErrorCode, OperatorError, not_found
 
@@ -239,7 +239,7 @@ def _lock_workflow(session: Session, workflow_id: str) -> Workflow | None:
     return session.scalar(select(Workflow).where(Workflow.id == workflow_id).with_for_update())
 
 
-def advance_after_job(journal: Journal, job: Job, catalog: JobCatalog) -> None:
+def advance_after_job(journal: Journal, job: JobState, catalog: JobCatalog) -> None:
     """Inside the transaction that ended ``job``: if it is a workflow step, record the step's result and
     move the workflow on (next step, review, success, failure or cancellation)."""
     if STEP_MARK not in job.input:
