@@ -56,8 +56,20 @@ def _keys(browsable: Browsable, obj: Any, *, old: bool) -> tuple[list[Key], set[
     return keys, tags
 
 
+def _upsert_statement(dialect: Any) -> Any:
+    statement = dialect.insert(BrowseCount)
+    return statement.on_conflict_do_update(
+        index_elements=["source", "facet", "value", "visibility", "workspace_id", "owner_id"],
+        set_={"count": BrowseCount.count + statement.excluded["count"]},
+    )
+
+
+# Built once, executed with one parameter set per counter: compiled once, not for every flush.
+_UPSERT = {"postgresql": _upsert_statement(postgresql), "sqlite": _upsert_statement(sqlite)}
+
+
 def _upsert(connection: Connection, deltas: Counter[Key]) -> None:
-    """Add ``deltas`` to the counters in one statement (keys in sorted order, so concurrent transactions
+    """Add ``deltas`` to the counters in one executemany (keys in sorted order, so concurrent transactions
     lock counter rows in the same order)."""
     rows = [
         {
@@ -72,16 +84,8 @@ def _upsert(connection: Connection, deltas: Counter[Key]) -> None:
         for (source, facet, value, visibility, workspace_id, owner_id), delta in sorted(deltas.items())
         if delta != 0
     ]
-    if not rows:
-        return
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(BrowseCount).values(rows)
-    connection.execute(
-        statement.on_conflict_do_update(
-            index_elements=["source", "facet", "value", "visibility", "workspace_id", "owner_id"],
-            set_={"count": BrowseCount.count + statement.excluded["count"]},
-        )
-    )
+    if rows:
+        connection.execute(_UPSERT[connection.dialect.name], rows)
 
 
 @event.listens_for(Session, "before_flush")
