@@ -8,6 +8,10 @@ late, never wrong.
 With ``CONCORD_REDIS_URL`` notifications go through Redis pub/sub; else, on PostgreSQL, through
 ``NOTIFY``; else (SQLite, one process) they stay in the process. Publishing never raises: a failed publish
 is logged and the waiters' poll picks the change up.
+
+Across processes, :meth:`Notifier.publish` only hands the topics to a publisher thread, which sends
+everything published meanwhile as one message (topics separated by newlines): a job's transition does
+not wait for a round trip to Redis or PostgreSQL, and a busy worker sends one message for many jobs.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
 from sqlalchemy import func, select
@@ -27,6 +32,33 @@ log = logging.getLogger("concord.jobs.notify")
 
 PG_CHANNEL = "concord_notify"
 _RECONNECT_SECONDS = 1.0
+#: Topics per message stay under this many characters (PostgreSQL's NOTIFY payload limit is 8000 bytes).
+MAX_MESSAGE_CHARS = 7000
+#: How long :meth:`_ListeningNotifier.close` waits for the publisher to send what is pending.
+_FLUSH_SECONDS = 2.0
+#: The publisher gathers topics this long after the first one before sending (a job's start and end, or
+#: many jobs' when busy, go out as one message); a wake-up comes this much later at most.
+_LINGER_SECONDS = 0.005
+
+
+def pack_topics(topics: Iterable[str]) -> list[str]:
+    """Topics as newline-separated messages of at most :data:`MAX_MESSAGE_CHARS` characters."""
+    messages: list[str] = []
+    current: list[str] = []
+    size = 0
+    for topic in sorted(set(topics)):
+        if current and size + len(topic) + 1 > MAX_MESSAGE_CHARS:
+            messages.append("\n".join(current))
+            current, size = [], 0
+        current.append(topic)
+        size += len(topic) + 1
+    if current:
+        messages.append("\n".join(current))
+    return messages
+
+
+def unpack_topics(message: str) -> list[str]:
+    return [topic for topic in message.split("\n") if topic]
 
 
 class Subscription:
@@ -121,13 +153,66 @@ class Notifier:
 
 
 class _ListeningNotifier(Notifier):
-    """A notifier with a daemon thread that receives other processes' topics and delivers them here."""
+    """A notifier with a daemon thread that receives other processes' topics and delivers them here, and
+    one that sends this process's topics (batched: see the module docstring)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._outbox: set[str] = set()
+        self._outbox_lock = threading.Condition()
+        self._sending = False
+        self._publisher: threading.Thread | None = None
+        self._closed = False
+
+    def publish(self, topics: Iterable[str]) -> None:
+        names = set(topics)
+        if not names:
+            return
+        with self._outbox_lock:
+            if self._closed:
+                self.deliver(names)
+                return
+            self._outbox |= names
+            if self._publisher is None:
+                self._publisher = threading.Thread(
+                    target=self._publish_forever, name="concord-notify-publish", daemon=True
+                )
+                self._publisher.start()
+            self._outbox_lock.notify()
+
+    def _publish_forever(self) -> None:
+        while True:
+            with self._outbox_lock:
+                while not self._outbox and not self._closed:
+                    self._outbox_lock.wait()
+                if not self._outbox:
+                    return  # closed, and everything was sent
+                linger_until = time.monotonic() + _LINGER_SECONDS
+                while not self._closed and (left := linger_until - time.monotonic()) > 0:
+                    self._outbox_lock.wait(left)
+                batch, self._outbox = self._outbox, set()
+                self._sending = True
+            try:
+                self._send(pack_topics(batch))
+            except Exception as exc:  # never fail anything over a wake-up: the waiters' poll catches up
+                log.warning("could not publish live updates (%s); subscribers will poll", exc)
+                self.deliver(batch)
+            finally:
+                with self._outbox_lock:
+                    self._sending = False
+                    self._outbox_lock.notify_all()
+
+    def _send(self, messages: list[str]) -> None:
+        """Send each message (newline-separated topics) to every process."""
+        raise NotImplementedError
+
+    def flush(self, timeout: float = _FLUSH_SECONDS) -> bool:
+        """Wait until everything published so far was sent (or ``timeout``); whether it was."""
+        with self._outbox_lock:
+            return self._outbox_lock.wait_for(lambda: not self._outbox and not self._sending, timeout)
 
     def _listening(self) -> None:
         with self._start_lock:
@@ -154,6 +239,13 @@ class _ListeningNotifier(Notifier):
         raise NotImplementedError
 
     def close(self) -> None:
+        """Send what is pending (for a moment at most), then stop both threads."""
+        with self._outbox_lock:
+            self._closed = True
+            self._outbox_lock.notify_all()
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.join(timeout=_FLUSH_SECONDS)
         self._stop.set()
         thread = self._thread
         if thread is not None:
@@ -171,18 +263,14 @@ class RedisNotifier(_ListeningNotifier):
         self._url = url
         self.channel = f"{namespace}:notify"
 
-    def publish(self, topics: Iterable[str]) -> None:
-        names = list(topics)
-        if not names:
+    def _send(self, messages: list[str]) -> None:
+        if len(messages) == 1:
+            self._redis.publish(self.channel, messages[0])
             return
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for topic in names:
-                pipe.publish(self.channel, topic)
-            pipe.execute()
-        except Exception as exc:  # never fail a committed write over a wake-up
-            log.warning("could not publish live updates to Redis (%s); subscribers will poll", exc)
-            self.deliver(names)
+        pipe = self._redis.pipeline(transaction=False)
+        for message in messages:
+            pipe.publish(self.channel, message)
+        pipe.execute()
 
     def _listen(self) -> None:
         import redis
@@ -195,7 +283,7 @@ class RedisNotifier(_ListeningNotifier):
                 message = pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
                     data = message["data"]
-                    self.deliver([data.decode() if isinstance(data, bytes) else str(data)])
+                    self.deliver(unpack_topics(data.decode() if isinstance(data, bytes) else str(data)))
         finally:
             pubsub.close()
             connection.close()
@@ -208,18 +296,11 @@ class PostgresNotifier(_ListeningNotifier):
         super().__init__()
         self._db = db
 
-    def publish(self, topics: Iterable[str]) -> None:
-        names = list(topics)
-        if not names:
-            return
-        try:
-            with self._db.engine.connect() as conn:
-                for topic in names:
-                    conn.execute(select(func.pg_notify(PG_CHANNEL, topic)))
-                conn.commit()
-        except Exception as exc:  # never fail a committed write over a wake-up
-            log.warning("could not NOTIFY live updates (%s); subscribers will poll", exc)
-            self.deliver(names)
+    def _send(self, messages: list[str]) -> None:
+        with self._db.engine.connect() as conn:
+            for message in messages:
+                conn.execute(select(func.pg_notify(PG_CHANNEL, message)))
+            conn.commit()
 
     def _listen(self) -> None:
         import psycopg
@@ -229,7 +310,7 @@ class PostgresNotifier(_ListeningNotifier):
             conn.execute(f"LISTEN {PG_CHANNEL}")
             while not self._stop.is_set():
                 for notice in conn.notifies(timeout=1.0):
-                    self.deliver([notice.payload])
+                    self.deliver(unpack_topics(notice.payload))
                     if self._stop.is_set():
                         break
 
