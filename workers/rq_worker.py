@@ -23,6 +23,7 @@ from rq.worker import SimpleWorker
 
 from concord_core.api.runtime import Runtime
 from concord_core.jobs.dispatch import worker_name
+from concord_core.jobs.redis_queue import RESULT_TTL_SECONDS
 from concord_core.jobs.service import JobService
 from concord_core.settings import Settings, load_settings
 
@@ -66,7 +67,7 @@ def run_worker(runtime: Runtime, queues: Sequence[str], *, burst: bool = False) 
         [rq.queue(queue) for queue in queues],
         connection=rq.connection,
         name=f"{rq.namespace}:{socket.gethostname()}:{os.getpid()}",
-        default_result_ttl=0,
+        default_result_ttl=RESULT_TTL_SECONDS,
     )
     return bool(worker.work(burst=burst, logging_level=runtime.settings.log_level))
 

@@ -2,13 +2,15 @@
 
 The message is an RQ job ``concord-<job id>-<attempts>`` on the queue ``<namespace>:<queue>`` that calls
 ``workers.rq_worker.perform(job_id)``; that function claims the job in the database and does nothing if it
-is not claimable (already taken, cancelled, finished, or a duplicate message). RQ keeps no result
-(``result_ttl=0``): the outcome lives in the jobs table.
+is not claimable (already taken, cancelled, finished, or a duplicate message). The outcome lives in the
+jobs table; RQ lets its own record of a message expire a minute after it ran (``result_ttl``: deleting it
+at once, ``result_ttl=0``, costs RQ more round trips per job than keeping it).
 
 Messages get lost (a Redis restart without persistence, a ``FLUSHALL``, a crash between commit and
-enqueue). :meth:`RqDispatcher.relay` repairs that from the jobs table: every due queued job whose message
-is not in Redis gets one, both for jobs that were never dispatched and, periodically, for jobs whose
-message should be there.
+enqueue), or end without running the job (the worker shut down and gave the job back, or the database
+was unreachable). :meth:`RqDispatcher.relay` repairs that from the jobs table: every due queued job
+without a *pending* message (queued or started in RQ) gets one, both for jobs that were never dispatched
+and, periodically, for jobs whose message should be there.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ RQ_FUNCTION = "workers.rq_worker.perform"
 #: RQ's own timeout is the job type's, plus room for recording the outcome.
 TIMEOUT_MARGIN_SECONDS = 30
 FAILURE_TTL_SECONDS = 24 * 3600
+RESULT_TTL_SECONDS = 60
+#: RQ statuses of a message that will still run its job (any other, or none, means it needs a new one).
+PENDING_STATUSES = frozenset({b"queued", b"started", b"scheduled", b"deferred"})
 
 
 def rq_job_id(ref: JobRef) -> str:
@@ -71,7 +76,7 @@ class RqDispatcher:
             args=(ref.id,),
             job_id=rq_job_id(ref),
             timeout=ref.timeout_seconds + TIMEOUT_MARGIN_SECONDS,
-            result_ttl=0,
+            result_ttl=RESULT_TTL_SECONDS,
             failure_ttl=FAILURE_TTL_SECONDS,
             description=f"concord job {ref.id}",
             pipeline=pipeline,
@@ -92,7 +97,7 @@ class RqDispatcher:
             log.warning("could not enqueue %d job(s) on RQ (%s); the relay will", len(due), exc)
 
     def relay(self, db: Database, *, grace_seconds: float, verify_seconds: float, limit: int = 500) -> int:
-        """Give every due queued job whose message is missing from Redis a new one. Considers new jobs never
+        """Give every due queued job without a pending message in Redis a new one. Considers new jobs never
         marked dispatched once they are ``grace_seconds`` overdue (the API's own wake-up usually beats
         that), retries as soon as they are due, and re-checks dispatched ones every ``verify_seconds``.
         Returns how many it enqueued."""
@@ -119,16 +124,18 @@ class RqDispatcher:
             return 0
         pipe = self.connection.pipeline(transaction=False)
         for ref in refs:
-            pipe.exists(RqJob.key_for(rq_job_id(ref)))
-        present = pipe.execute()
+            pipe.hget(RqJob.key_for(rq_job_id(ref)), "status")
+        statuses = pipe.execute()
         sent = 0
-        for ref, exists in zip(refs, present, strict=True):
-            if exists:
+        for ref, status in zip(refs, statuses, strict=True):
+            if status in PENDING_STATUSES:
                 continue
             try:
-                self._enqueue(ref, unique=True)
+                # A message that ended without running the job is replaced; a missing one is created
+                # unless the API's wake-up arrives meanwhile.
+                self._enqueue(ref, unique=status is None)
                 sent += 1
-            except DuplicateJobError:  # the API's wake-up arrived meanwhile
+            except DuplicateJobError:
                 pass
         with db.write() as session:
             session.execute(
