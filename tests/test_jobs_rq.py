@@ -110,6 +110,13 @@ def enqueue(runtime: Runtime, job_type: str, payload: dict[str, Any] | None = No
     return job.id
 
 
+def holding(workers: list[Worker], lease_owner: str | None) -> Worker:
+    """The worker whose process group holds a lease (its owner is ``host/pid/role``)."""
+    pid = int(str(lease_owner).split("/")[1])
+    (holder,) = [worker for worker in workers if os.getpgid(pid) == worker.process.pid]
+    return holder
+
+
 def artifact_hashes(runtime: Runtime, job_id: str) -> dict[tuple[str, str], str]:
     with runtime.db.read() as session:
         links = session.scalars(select(JobArtifact).where(JobArtifact.job_id == job_id)).all()
@@ -154,12 +161,14 @@ def test_sigkill_of_a_worker_mid_job_resumes_from_the_checkpoint(
 ) -> None:
     runtime, env = deployment
     job_id = enqueue(runtime, "testjobs.count", {"to": 40, "delay": 0.08})
+    # Two workers start at once (a start-up is the slow part here): whichever claims the job is killed,
+    # the other one, idle meanwhile, has to finish it.
     workers.append(start_worker(env, tmp_path / "worker-a.log", "--processes", "1"))
-    wait_status(runtime, job_id, "running", timeout=30)
-    # Another worker, on standby: the job is A's, so B has nothing to do until A dies.
     workers.append(start_worker(env, tmp_path / "worker-b.log", "--processes", "1"))
+    wait_status(runtime, job_id, "running", timeout=60)
     wait_for(lambda: (job_row(runtime, job_id).checkpoint or {}).get("i", 0) >= 25, timeout=30)
-    workers[0].kill()
+    holder = holding(workers, job_row(runtime, job_id).lease_owner)
+    holder.kill()
     killed_at = time.monotonic()
     checkpoint = job_row(runtime, job_id).checkpoint
     assert checkpoint is not None and checkpoint["i"] < 40
