@@ -7,6 +7,7 @@ a plain ``BEGIN`` and, with WAL, never block writers.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,6 +91,8 @@ class Database:
         self._writer = sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
+        # Reentrant: a write opened inside another on the same thread waits in SQLite, as it did before.
+        self._write_lock = threading.RLock() if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -101,8 +104,16 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """One write transaction: committed when the block ends, rolled back if it raises."""
-        with self._writer() as session, session.begin():
+        """One write transaction: committed when the block ends, rolled back if it raises.
+
+        On SQLite, writers of this process queue on a lock first: SQLite lets one writer in at a time, and
+        its busy handler makes the others sleep 1, 2, 5 … 100 ms between retries instead of waking them
+        when the lock is free (other processes are still kept apart by SQLite and its busy timeout)."""
+        if self._write_lock is None:
+            with self._writer() as session, session.begin():
+                yield session
+            return
+        with self._write_lock, self._writer() as session, session.begin():
             yield session
 
     @contextmanager
