@@ -507,11 +507,13 @@ def graphql_variables(query: Query) -> dict[str, Any]:
 
 @contextmanager
 def statements(engine: Engine) -> Iterator[list[str]]:
-    """Every SQL statement sent on ``engine`` while the block runs."""
+    """Every SQL statement sent on ``engine`` while the block runs, but the job notifier's
+    ``SELECT pg_notify(...)``: a write made before the block may send it from another thread meanwhile."""
     sent: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        sent.append(statement)
+        if not statement.lstrip().upper().startswith("SELECT PG_NOTIFY("):
+            sent.append(statement)
 
     event.listen(engine, "before_cursor_execute", record)
     try:

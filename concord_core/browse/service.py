@@ -17,13 +17,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Double, Integer, cast, column, func, literal_column, select, table, text
+from sqlalchemy import (
+    ColumnElement,
+    Double,
+    Integer,
+    cast,
+    column,
+    func,
+    literal,
+    literal_column,
+    select,
+    table,
+    text,
+    union_all,
+)
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from concord_core.auth.principal import Principal
 from concord_core.browse.connection import AnySelect, Ordering, Page, count, paginate
-from concord_core.browse.indexes import TOTAL
+from concord_core.browse.indexes import BUCKET, INDEXED, TOTAL
 from concord_core.browse.source import Browsable, FilterKind
 from concord_core.db.engine import Database
 from concord_core.db.models import BrowseCount, EntityTag
@@ -86,6 +99,16 @@ def _search_terms(text_query: str) -> list[str]:
     return re.findall(r"\w+", text_query.lower())[:32]
 
 
+@dataclass
+class _Counters:
+    """Which browse_counts rows count a request's rows: those of ``facet`` with one of ``values`` (None:
+    any value), in the buckets ``conditions`` allow (and the access predicate, always)."""
+
+    facet: str
+    values: list[str] | None
+    conditions: list[ColumnElement[bool]]
+
+
 class BrowseService:
     def __init__(self, db: Database, facet_budget_seconds: float = 1.0) -> None:
         self.db = db
@@ -144,11 +167,11 @@ class BrowseService:
         return conditions
 
     def _search(
-        self, session: Session, browsable: Browsable, query: AnySelect, terms: list[str]
+        self, browsable: Browsable, query: AnySelect, terms: list[str]
     ) -> tuple[AnySelect, ColumnElement[Any]]:
         """Restrict ``query`` to rows matching every term; returns it with a rank (higher is better)."""
         assert browsable.search is not None
-        if session.get_bind().dialect.name == "postgresql":
+        if self.db.is_postgres:
             vector: ColumnElement[Any] = literal_column(
                 f"{browsable.table_name}.{browsable.search.postgres_column}"
             )
@@ -175,7 +198,6 @@ class BrowseService:
 
     def _query(
         self,
-        session: Session,
         principal: Principal,
         browsable: Browsable,
         request: BrowseRequest,
@@ -190,7 +212,17 @@ class BrowseService:
         terms = _search_terms(request.search)
         if not terms:
             return query.where(literal_column("1") == 0), None
-        return self._search(session, browsable, query, terms)
+        return self._search(browsable, query, terms)
+
+    def _latency_first(self, session: Session, **more: str) -> None:
+        """PostgreSQL, for the rest of this transaction: no parallel workers and no JIT (both cost more to
+        start than a browse statement takes to run, and parallel workers queue behind a busy machine's
+        other work), plus any ``more`` settings (simple values only); one round trip."""
+        if not self.db.is_postgres:
+            return
+        settings = {"max_parallel_workers_per_gather": "0", "jit": "off", **more}
+        assert all(value.isalnum() for value in settings.values())
+        session.execute(text("; ".join(f"SET LOCAL {name} = {value}" for name, value in settings.items())))
 
     # -- the three answers ----------------------------------------------------------------------------
 
@@ -207,31 +239,84 @@ class BrowseService:
         before: str | None = None,
     ) -> Page[Any]:
         self._check(browsable, request)
-        query, rank = self._query(session, principal, browsable, request)
+        self._latency_first(session)
+        query, rank = self._query(principal, browsable, request)
         sort = request.sort or (RELEVANCE if rank is not None else "created")
-        if sort == RELEVANCE and rank is not None:
-            ordering = Ordering(RELEVANCE, (rank, browsable.column("id")), descending=True)
+        if sort == RELEVANCE:
+            # A search with no words matches nothing; its (empty) pages still take relevance cursors.
+            key = rank if rank is not None else cast(literal(0), Double)
+            ordering = Ordering(RELEVANCE, (key, browsable.column("id")), descending=True)
         else:
             key = browsable.column(browsable.sorts[sort])
             direction = "desc" if request.descending else "asc"
             ordering = Ordering(f"{sort}:{direction}", (key, browsable.column("id")), request.descending)
         return paginate(session, query, ordering, first=first, after=after, last=last, before=before)
 
-    def _indexed(self, browsable: Browsable, request: BrowseRequest, facet: str) -> bool:
-        """Whether a count can come from browse_counts: no search, and no filter but the facet's own."""
-        return request.search is None and all(name == facet for name in request.filters)
+    # -- counting from browse_counts ------------------------------------------------------------------
 
-    def _from_index(
-        self, session: Session, principal: Principal, browsable: Browsable, facet: str
-    ) -> AnySelect:
-        query: AnySelect = (
-            select(BrowseCount.value, func.sum(BrowseCount.count).label("n"))
-            .where(
-                BrowseCount.source == browsable.name,
-                BrowseCount.facet == facet,
-                browsable.access(principal, BrowseCount),
+    def _counters(
+        self, browsable: Browsable, request: BrowseRequest, skip: str | None = None
+    ) -> _Counters | None:
+        """How to count the rows ``request`` matches (leaving out the filter named ``skip``) from
+        browse_counts, or None if they must be counted live.
+
+        The counters partition the rows by access bucket (visibility, workspace, owner), so a filter on a
+        bucket column is a condition on the counters themselves. Besides those, one filter on a counted
+        facet is allowed if the rows it matches are counted once each: any values of a single-valued field
+        (a row has one tier), or one tag (a row counts once per tag it has, so two tags would count a row
+        with both twice). No search: matches are not counted ahead."""
+        if request.search is not None or INDEXED.get(browsable.model) is not browsable:
+            return None
+        counters = _Counters(TOTAL, [TOTAL], [])
+        for name, value in request.filters.items():
+            if name == skip:
+                continue
+            spec = browsable.filters[name]
+            if spec.kind is FilterKind.EQUALS and spec.attribute in BUCKET:
+                assert not isinstance(value, TagFilter | RangeFilter)
+                counters.conditions.append(getattr(BrowseCount, spec.attribute).in_(_storable(value)))
+                continue
+            facet = next(
+                (f for f in browsable.counted_facets if f.attribute == spec.attribute),
+                None,
             )
-            .group_by(BrowseCount.value)
+            if facet is None or counters.facet != TOTAL or spec.kind is FilterKind.RANGE:
+                return None
+            if spec.kind is FilterKind.TAGS:
+                assert isinstance(value, TagFilter)
+                tags = {*value.any_of, *value.all_of}
+                if len(tags) != 1 or (value.any_of and set(value.any_of) != tags):
+                    return None
+                values = _storable(list(tags))
+            else:
+                assert not isinstance(value, TagFilter | RangeFilter)
+                values = _storable(value)
+            counters = _Counters(facet.name, values, counters.conditions)
+        return counters
+
+    def _counted(
+        self, principal: Principal, browsable: Browsable, counters: _Counters
+    ) -> list[ColumnElement[bool]]:
+        """The browse_counts rows ``counters`` names, scoped by the access predicate like every row."""
+        conditions = [
+            BrowseCount.source == browsable.name,
+            BrowseCount.facet == counters.facet,
+            browsable.access(principal, BrowseCount),
+            *counters.conditions,
+        ]
+        if counters.values is not None:
+            conditions.append(BrowseCount.value.in_(counters.values))
+        return conditions
+
+    def _from_counters(
+        self, principal: Principal, browsable: Browsable, counters: _Counters, group: Any
+    ) -> AnySelect:
+        """Sums of the counters ``counters`` names by ``group``: a column of BrowseCount (its value, or a
+        bucket column)."""
+        query: AnySelect = (
+            select(group.label("value"), func.sum(BrowseCount.count).label("n"))
+            .where(*self._counted(principal, browsable, counters))
+            .group_by(group)
         )
         return query
 
@@ -239,29 +324,13 @@ class BrowseService:
         self, session: Session, principal: Principal, browsable: Browsable, request: BrowseRequest
     ) -> int:
         self._check(browsable, request)
-        if browsable.counted_facets and not request.filters and request.search is None:
-            query = self._from_index(session, principal, browsable, TOTAL)
-            return int(sum(row.n for row in session.execute(query)))
-        one_tag = self._single_tag(browsable, request)
-        if one_tag is not None:
-            # The rows with one tag are what that tag's counters count (a row counts once per tag it has).
-            facet, tag = one_tag
-            query = self._from_index(session, principal, browsable, facet).where(BrowseCount.value == tag)
-            return int(sum(row.n for row in session.execute(query)))
-        query, _rank = self._query(session, principal, browsable, request)
+        counters = self._counters(browsable, request)
+        if counters is not None:
+            summed = select(func.sum(BrowseCount.count)).where(*self._counted(principal, browsable, counters))
+            return int(session.scalar(summed) or 0)
+        self._latency_first(session)
+        query, _rank = self._query(principal, browsable, request)
         return count(session, query)
-
-    def _single_tag(self, browsable: Browsable, request: BrowseRequest) -> tuple[str, str] | None:
-        """(the counted tag facet, the tag) when the request asks for the rows with one tag, and nothing
-        else; their total is then a sum of counters."""
-        facet = next((f.name for f in browsable.counted_facets if f.attribute is None), None)
-        if facet is None or request.search is not None or list(request.filters) != [facet]:
-            return None
-        value = request.filters[facet]
-        tags = {*value.any_of, *value.all_of} if isinstance(value, TagFilter) else set()
-        if len(tags) != 1 or not _storable(list(tags)):
-            return None
-        return facet, tags.pop()
 
     def facets(
         self,
@@ -279,49 +348,80 @@ class BrowseService:
         for name in wanted:
             if name not in browsable.facets:
                 raise _invalid(f"{browsable.name} has no facet {name!r}", "facets")
-        results = []
-        for name in wanted:
+        plans = {name: self._facet_query(principal, browsable, request, name) for name in wanted}
+        found: dict[str, FacetResult] = {}
+        from_counters = [name for name in wanted if not plans[name][1]]
+        if from_counters:
+            # Counters are a bounded read (values times buckets): all such facets in one statement.
             with self.db.read() as session:
+                rows = session.execute(self._top_values(plans, from_counters, limit)).all()
+            for name in from_counters:
+                counted = sorted((row for row in rows if row.facet == name), key=lambda row: row.place)
+                found[name] = self._result(name, counted, limit)
+        for name in wanted:
+            query, live = plans[name]
+            if not live:
+                continue
+            with self.db.read() as session:  # live counting has a budget, one transaction per facet
                 try:
                     with self._budget(session):
-                        results.append(self._facet(session, principal, browsable, request, name, limit))
+                        ordered = query.order_by(text("n DESC"), text("value")).limit(limit + 1)
+                        live_rows = session.execute(ordered).all()
                 except _BudgetExceeded:
-                    results.append(FacetResult(name, [], timed_out=True))
-        return results
+                    found[name] = FacetResult(name, [], timed_out=True)
+                    continue
+            found[name] = self._result(name, live_rows, limit)
+        return [found[name] for name in wanted]
 
-    def _facet(
-        self,
-        session: Session,
-        principal: Principal,
-        browsable: Browsable,
-        request: BrowseRequest,
-        name: str,
-        limit: int,
-    ) -> FacetResult:
+    @staticmethod
+    def _result(name: str, counted: Sequence[Any], limit: int) -> FacetResult:
+        values = [FacetValue(str(row.value), int(row.n)) for row in counted[:limit]]
+        return FacetResult(name, values, truncated=len(counted) > limit)
+
+    @staticmethod
+    def _top_values(plans: dict[str, tuple[AnySelect, bool]], names: list[str], limit: int) -> Any:
+        """The top ``limit + 1`` values of each facet in ``names``, as (facet, value, n, place) rows."""
+        parts = []
+        for name in names:
+            top = plans[name][0].order_by(text("n DESC"), text("value")).limit(limit + 1).subquery()
+            place = func.row_number().over(order_by=(top.c.n.desc(), top.c.value))
+            parts.append(select(literal(name).label("facet"), top.c.value, top.c.n, place.label("place")))
+        return union_all(*parts)
+
+    def _facet_query(
+        self, principal: Principal, browsable: Browsable, request: BrowseRequest, name: str
+    ) -> tuple[AnySelect, bool]:
+        """The query counting facet ``name`` (value, n), and whether it counts rows live."""
         facet = browsable.facets[name]
-        if facet.counted and self._indexed(browsable, request, name):
-            query = self._from_index(session, principal, browsable, name).having(
-                func.sum(BrowseCount.count) > 0
+        counters = self._counters(browsable, request, skip=name)
+        query: AnySelect | None = None
+        if counters is not None and facet.attribute in BUCKET:
+            # A bucket column: the counters of the matching rows, by that column.
+            group = getattr(BrowseCount, facet.attribute)
+            query = self._from_counters(principal, browsable, counters, group)
+        elif counters is not None and counters.facet == TOTAL and facet.counted:
+            # Nothing filters the rows but their buckets: the facet's own counters, by value.
+            query = self._from_counters(
+                principal, browsable, _Counters(facet.name, None, counters.conditions), BrowseCount.value
+            )
+        if query is not None:
+            return query.having(func.sum(BrowseCount.count) > 0), False
+        base, _rank = self._query(principal, browsable, request, skip=name)
+        ids = base.with_only_columns(browsable.column("id")).order_by(None)
+        if facet.attribute is None:
+            query = (
+                select(EntityTag.tag.label("value"), func.count().label("n"))
+                .where(EntityTag.source == browsable.name, EntityTag.entity_id.in_(ids))
+                .group_by(EntityTag.tag)
             )
         else:
-            base, _rank = self._query(session, principal, browsable, request, skip=name)
-            ids = base.with_only_columns(browsable.column("id")).order_by(None)
-            if facet.attribute is None:
-                query = (
-                    select(EntityTag.tag.label("value"), func.count().label("n"))
-                    .where(EntityTag.source == browsable.name, EntityTag.entity_id.in_(ids))
-                    .group_by(EntityTag.tag)
-                )
-            else:
-                subquery = (
-                    base.with_only_columns(browsable.column(facet.attribute).label("value"))
-                    .order_by(None)
-                    .subquery()
-                )
-                query = select(subquery.c.value, func.count().label("n")).group_by(subquery.c.value)
-        rows = session.execute(query.order_by(text("n DESC"), text("value")).limit(limit + 1)).all()
-        values = [FacetValue(str(row.value), int(row.n)) for row in rows[:limit]]
-        return FacetResult(name, values, truncated=len(rows) > limit)
+            subquery = (
+                base.with_only_columns(browsable.column(facet.attribute).label("value"))
+                .order_by(None)
+                .subquery()
+            )
+            query = select(subquery.c.value, func.count().label("n")).group_by(subquery.c.value)
+        return query, True
 
     @contextmanager
     def _budget(self, session: Session) -> Iterator[None]:
@@ -331,7 +431,7 @@ class BrowseService:
         if connection.dialect.name == "postgresql":
             # At least 1 ms: 0 would mean no timeout at all.
             milliseconds = max(1, math.ceil(self.facet_budget_seconds * 1000))
-            session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
+            self._latency_first(session, statement_timeout=str(milliseconds))
             try:
                 yield
             except DBAPIError as exc:
