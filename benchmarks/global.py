@@ -28,6 +28,7 @@ sends (run in-process through the same browse service).
     .venv/bin/python benchmarks/global.py --backend postgres --count 100000 --explain
     .venv/bin/python benchmarks/global.py --backend postgres --keep        # then, after a code change:
     .venv/bin/python benchmarks/global.py --backend postgres --reuse concord_bench_global_xxxxxxxx
+    .venv/bin/python benchmarks/global.py --backend sqlite --reuse /tmp/concord-bench-global-xxxx/concord.db
 
 The benchmark prints; it never asserts. Everything it creates is removed afterwards (``--keep`` keeps the
 databases and prints where they are).
@@ -474,7 +475,9 @@ def run(backend: str, count: int, args: argparse.Namespace) -> None:
             progress(f"keeping files in {directory}")
         else:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="concord-bench-global-")))
-        if args.reuse:
+        if args.reuse and backend == "sqlite":
+            url = f"sqlite:///{Path(args.reuse).resolve()}"
+        elif args.reuse:
             url = f"{args.postgres_url.rsplit('/', 1)[0]}/{args.reuse}".replace(
                 "postgresql://", "postgresql+psycopg://", 1
             )
@@ -518,29 +521,6 @@ def run(backend: str, count: int, args: argparse.Namespace) -> None:
         server = start_server(env, directory / "server.log", timeout=300)
         stack.callback(server.stop)
         report(server, people, tests, args, "as found" if args.reuse else "as migrated")
-        if args.proposed_indexes:
-            began = time.perf_counter()
-            add_proposed_indexes(runtime)
-            progress(f"{backend}: proposed indexes built in {time.perf_counter() - began:.0f} s")
-            if args.explain and backend == "postgres":
-                for scenario in tests:
-                    explain(runtime, people, scenario)
-            report(server, people, tests, args, "with the proposed indexes")
-
-
-#: The indexes proposed as migration 0005 (see benchmarks/README.md), to measure their effect.
-PROPOSED_INDEXES = [
-    "CREATE INDEX IF NOT EXISTS ix_dtus_created_at ON dtus (created_at, id)",
-    "CREATE INDEX IF NOT EXISTS ix_dtus_updated_at ON dtus (updated_at, id)",
-    "CREATE INDEX IF NOT EXISTS ix_dtus_title ON dtus (title, id)",
-]
-
-
-def add_proposed_indexes(runtime: Runtime) -> None:
-    with runtime.db.engine.begin() as connection:
-        for statement in PROPOSED_INDEXES:
-            connection.execute(text(statement))
-    analyze(runtime, vacuum=False)
 
 
 def report(
@@ -608,11 +588,6 @@ def main(argv: list[str] | None = None) -> int:
         help="stop a scenario after this long (min. 20 requests; default 40)",
     )
     parser.add_argument(
-        "--proposed-indexes",
-        action="store_true",
-        help="then add the indexes proposed as migration 0005 and measure again",
-    )
-    parser.add_argument(
         "--postgres-url", default=DEFAULT_POSTGRES_URL, help="a database on the server to use"
     )
     parser.add_argument(
@@ -622,9 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse",
         metavar="DATABASE",
-        help="measure a PostgreSQL database an earlier --keep run loaded (no loading; --backend postgres)",
+        help="measure a database an earlier --keep run loaded, without loading: a PostgreSQL database's "
+        "name (--backend postgres) or the path of a SQLite file (--backend sqlite)",
     )
     args = parser.parse_args(argv)
+    if args.reuse and args.backend == "both":
+        parser.error("--reuse needs --backend postgres or --backend sqlite")
     header(f"Global: the dtus connection over HTTP against `concord serve` (pages of {PAGE})")
     backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
     for backend in backends:
