@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from concord_core.auth.policy import Action, WorkspaceTarget
 from concord_core.db.models import Job
-from concord_core.db.types import utcnow
+from concord_core.db.types import new_id, utcnow
 from concord_core.events.log import canonical_json
 from concord_core.jobs.catalog import JobCatalog, JobSpec
 from concord_core.jobs.records import JobStatus, input_hash, job_snapshot
@@ -83,10 +83,13 @@ def new_job(
     payload: dict[str, Any],
     idempotency_key: str | None = None,
     run_after: datetime | None = None,
+    flush: bool = True,
 ) -> Job:
-    """Insert a queued job row (no event: the caller records its ``JOB_QUEUED``)."""
+    """Insert a queued job row (no event: the caller records its ``JOB_QUEUED``). With ``flush`` False the
+    row is only added to the session, to be inserted by its next flush (its id is known already)."""
     now = utcnow()
     job = Job(
+        id=new_id(),
         workspace_id=workspace_id,
         owner_id=owner_id,
         job_type=spec.job_type,
@@ -105,7 +108,8 @@ def new_job(
         updated_at=now,
     )
     session.add(job)
-    session.flush()
+    if flush:
+        session.flush()
     return job
 
 
@@ -133,6 +137,7 @@ def enqueue_in(
         owner_id=change.ctx.principal.user_id,
         payload=payload,
         idempotency_key=idempotency_key,
+        flush=False,  # the change's own flush (before its event is appended) inserts it with the audit row
     )
     change.emit("JOB_QUEUED", "job", job.id, {"job": job_snapshot(job)}, workspace_id)
     change.audit("job", job.id, workspace_id, job_type=job_type, idempotency_key=idempotency_key)
