@@ -9,7 +9,9 @@ free port, so the shared one is never touched):
    100 more jobs enqueued one at a time, 50 ms apart (dispatch latency, not the throughput run's backlog).
 2. **Plain RQ** on the same Redis: 2 ``rq worker`` processes, N no-op functions enqueued by 4 threads with
    ``Queue.enqueue``; timed until RQ's finished registry holds them all. Both RQ's SimpleWorker (what
-   Concord's workers are) and its default forking Worker (over at most 300 jobs).
+   Concord's workers are) and its default forking Worker (over at most 100 jobs).
+   Both also print the CPU time per job of their worker processes and of the enqueueing process: on a
+   machine shared with other work it is steadier than the rates (it leaves out PostgreSQL and Redis).
 3. **Recovery**: a checkpointed job runs on worker A; worker B is idle; A's process group is SIGKILLed;
    timed from the kill until the job runs again on B, and until it succeeds.
 
@@ -43,7 +45,7 @@ from rq import Queue
 from rq.registry import FinishedJobRegistry
 from sqlalchemy import func, select
 
-from benchmarks.common import DEFAULT_POSTGRES_URL, ROOT, header, percentile, postgres_database
+from benchmarks.common import DEFAULT_POSTGRES_URL, ROOT, cpu_seconds, header, percentile, postgres_database
 from concord_core.api.gql.schema import KERNEL
 from concord_core.api.runtime import Runtime
 from concord_core.db.migrate import upgrade
@@ -58,10 +60,11 @@ LATENCY_SAMPLES = 100
 LATENCY_GAP = 0.05
 TARGET_RATE = 150.0
 TARGET_RECOVERY = 30.0
+CPU_LABEL = "  CPU per job (processes' own):      "
 
 
-def noop() -> None:
-    """What plain RQ runs."""
+#: What plain RQ runs (benchmarks/jobs_lens is on its workers' PYTHONPATH).
+PLAIN_NOOP = "plain_rq_noop.noop"
 
 
 def free_port() -> int:
@@ -127,6 +130,26 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
         )
 
 
+def group_cpu(groups: list[int]) -> float:
+    """CPU seconds used so far by the live processes of the process groups ``groups`` (Linux ``/proc``):
+    on a shared machine, CPU per job is steadier than jobs per second."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in groups:
+            total += cpu_seconds(int(entry.name)) or 0.0
+    return total
+
+
+def own_cpu() -> float:
+    return time.process_time()
+
+
 def kill_group(process: subprocess.Popen[bytes], signum: int = signal.SIGKILL) -> None:
     with suppress(ProcessLookupError):
         os.killpg(process.pid, signum)
@@ -173,17 +196,33 @@ def succeeded(runtime: Runtime, ids: list[str]) -> int:
         return total
 
 
-def bench_concord(runtime: Runtime, env: dict[str, str], log: Path, count: int) -> tuple[float, list[float]]:
+def succeeded_total(runtime: Runtime) -> int:
+    """Every succeeded job in the benchmark's database (only the benchmark makes jobs there): as cheap a
+    check as plain RQ's registry count, where ``succeeded`` over 2000 ids would compile two 1000-parameter
+    statements every 50 ms in the process that is enqueueing (and whose CPU is measured)."""
+    with runtime.db.read() as session:
+        return session.scalar(select(func.count()).where(Job.status == "succeeded")) or 0
+
+
+def bench_concord(
+    runtime: Runtime, env: dict[str, str], log: Path, count: int
+) -> tuple[float, list[float], tuple[float, float]]:
     """Throughput over ``count`` jobs enqueued at once; then latency over jobs enqueued one at a time, well
-    below capacity (so it measures dispatch, not the backlog of the throughput run)."""
+    below capacity (so it measures dispatch, not the backlog of the throughput run). Also the CPU per job
+    of the worker processes and of this (enqueueing) process over the throughput run."""
     worker = concord_worker(env, log, 2)
     try:
         warm = enqueue_many(runtime, "bench.noop", 40)
-        wait(lambda: succeeded(runtime, warm) == len(warm), 60, "warm-up jobs")
-        started = time.perf_counter()
-        ids = enqueue_many(runtime, "bench.noop", count)
-        wait(lambda: succeeded(runtime, ids) == count, 600, "Concord jobs", interval=0.05)
+        wait(lambda: succeeded(runtime, warm) == len(warm), 120, "warm-up jobs")
+        before = succeeded_total(runtime)
+        started, workers_cpu, client_cpu = time.perf_counter(), group_cpu([worker.pid]), own_cpu()
+        enqueue_many(runtime, "bench.noop", count)
+        wait(lambda: succeeded_total(runtime) >= before + count, 1200, "Concord jobs", interval=0.05)
         elapsed = time.perf_counter() - started
+        cpu = (
+            (group_cpu([worker.pid]) - workers_cpu) * 1000 / count,
+            (own_cpu() - client_cpu) * 1000 / count,
+        )
         paced = []
         for _ in range(LATENCY_SAMPLES):
             paced += enqueue_many(runtime, "bench.noop", 1)
@@ -199,10 +238,12 @@ def bench_concord(runtime: Runtime, env: dict[str, str], log: Path, count: int) 
             .group_by(Job.id, Job.created_at)
         ).all()
     latencies = [(started_at - created).total_seconds() * 1000 for created, started_at in rows]
-    return count / elapsed, latencies
+    return count / elapsed, latencies, cpu
 
 
-def bench_plain_rq(redis_url: str, env: dict[str, str], log: Path, count: int, worker_class: str) -> float:
+def bench_plain_rq(
+    redis_url: str, env: dict[str, str], log: Path, count: int, worker_class: str
+) -> tuple[float, tuple[float, float]]:
     connection = redis.Redis.from_url(redis_url)
     queue = Queue(f"plain-{worker_class.rsplit('.', 1)[-1].lower()}", connection=connection)
     rq = str(Path(sys.executable).with_name("rq"))
@@ -211,14 +252,15 @@ def bench_plain_rq(redis_url: str, env: dict[str, str], log: Path, count: int, w
     registry = FinishedJobRegistry(queue=queue)
     try:
         for _ in range(20):
-            queue.enqueue("benchmarks.jobs.noop")
-        wait(lambda: registry.count >= 20, 60, "plain RQ warm-up")
-        started = time.perf_counter()
+            queue.enqueue(PLAIN_NOOP)
+        wait(lambda: registry.count >= 20, 180, "plain RQ warm-up")
+        groups = [worker.pid for worker in workers]
+        started, workers_cpu, client_cpu = time.perf_counter(), group_cpu(groups), own_cpu()
 
         def client(share: int) -> None:
             own = Queue(queue.name, connection=redis.Redis.from_url(redis_url))
             for _ in range(share):
-                own.enqueue("benchmarks.jobs.noop")
+                own.enqueue(PLAIN_NOOP)
 
         threads = [
             threading.Thread(target=client, args=(count // CLIENTS + (i < count % CLIENTS),))
@@ -229,7 +271,9 @@ def bench_plain_rq(redis_url: str, env: dict[str, str], log: Path, count: int, w
         for thread in threads:
             thread.join()
         wait(lambda: registry.count >= count + 20, 600, "plain RQ jobs", interval=0.05)
-        return count / (time.perf_counter() - started)
+        rate = count / (time.perf_counter() - started)
+        cpu = ((group_cpu(groups) - workers_cpu) * 1000 / count, (own_cpu() - client_cpu) * 1000 / count)
+        return rate, cpu
     finally:
         for worker in workers:
             kill_group(worker, signal.SIGTERM)
@@ -309,24 +353,31 @@ def main() -> int:
             runtime.start()
             env = env_for(settings)
             try:
-                rate, latencies = bench_concord(runtime, env, directory / "concord.log", args.n)
+                rate, latencies, cpu = bench_concord(runtime, env, directory / "concord.log", args.n)
                 print(f"concord (RQ, 2 workers, PostgreSQL): {rate:8.1f} jobs/s over {args.n} no-op jobs")
+                print(f"{CPU_LABEL}{cpu[0]:6.1f} ms workers, {cpu[1]:.1f} ms enqueueing")
                 print(
                     f"enqueue-to-start latency:            p50 {percentile(latencies, 0.5):6.1f} ms, "
                     f"p95 {percentile(latencies, 0.95):6.1f} ms"
                 )
-                simple = bench_plain_rq(
+                simple, rq_cpu = bench_plain_rq(
                     redis_url, env, directory / "rq-simple.log", args.n, "rq.worker.SimpleWorker"
                 )
                 print(f"plain RQ, SimpleWorker:              {simple:8.1f} jobs/s")
-                fork_count = min(args.n, 300)  # a fork per job is slow: fewer jobs keep the run short
-                forking = bench_plain_rq(
-                    redis_url, env, directory / "rq-fork.log", fork_count, "rq.worker.Worker"
-                )
-                print(f"plain RQ, Worker (fork per job):     {forking:8.1f} jobs/s")
+                print(f"{CPU_LABEL}{rq_cpu[0]:6.1f} ms workers, {rq_cpu[1]:.1f} ms enqueueing")
+                fork_count = min(args.n, 100)  # a fork per job is slow: fewer jobs keep the run short
+                try:
+                    forking: float | None = bench_plain_rq(
+                        redis_url, env, directory / "rq-fork.log", fork_count, "rq.worker.Worker"
+                    )[0]
+                except SystemExit as exc:  # a busy machine: report it, keep the other figures
+                    print(f"plain RQ, Worker (fork per job):     not measured ({exc})")
+                    forking = None
+                else:
+                    print(f"plain RQ, Worker (fork per job):     {forking:8.1f} jobs/s")
                 print(
-                    f"concord / plain RQ:                  {rate / simple:8.2f} of SimpleWorker, "
-                    f"{rate / forking:.2f} of Worker"
+                    f"concord / plain RQ:                  {rate / simple:8.2f} of SimpleWorker"
+                    + (f", {rate / forking:.2f} of Worker" if forking else "")
                 )
                 to_restart, to_done = bench_recovery(runtime, env, directory)
                 print(
