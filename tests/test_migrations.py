@@ -239,3 +239,22 @@ def test_upgrading_from_the_first_revision(tmp_path: Path) -> None:
             assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (all_revisions[0],)
     finally:
         db.dispose()
+
+
+def test_every_browse_sort_and_counted_facet_has_its_index() -> None:
+    """The models declare Global's indexes by column name (db.models.browse_indexes); the browse sources
+    name their sort orders and facets. A sort or counted facet added to a source without its index would
+    turn pages into table scans at scale: this keeps the two lists in step."""
+    from concord_core.browse.sources import ARTIFACTS, DTUS, LENS_ITEMS
+    from concord_core.db.models import BROWSE_ACCESS_COLUMNS
+
+    for source in (DTUS, ARTIFACTS, LENS_ITEMS):
+        table = Base.metadata.tables[source.table_name]
+        indexed = {tuple(column.name for column in index.columns) for index in table.indexes}
+        for attribute in source.sorts.values():
+            key = source.column(attribute).key
+            assert (key, "id", *BROWSE_ACCESS_COLUMNS) in indexed, f"{source.name}: no index for sort {key}"
+        counted = [source.column(f.attribute).key for f in source.counted_facets if f.attribute is not None]
+        if source is not LENS_ITEMS:
+            facet_index = tuple(dict.fromkeys(("id", *BROWSE_ACCESS_COLUMNS, *counted)))
+            assert facet_index in indexed, f"{source.name}: no facet index"

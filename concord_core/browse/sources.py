@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Index
-
 from concord_core.auth.policy import readable_workspace_filter
 from concord_core.browse.source import Browsable, Facet, Filter, FilterKind, Search
 from concord_core.db.models import Artifact, Dtu, Job, LensItem
@@ -102,39 +100,3 @@ JOBS = Browsable(
 )
 
 KERNEL_BROWSABLES = (DTUS, ARTIFACTS, LENS_ITEMS, JOBS)
-
-
-#: The columns the access predicate of DTUs, artifacts and lens items reads (readable_filter).
-ACCESS_COLUMNS = ("visibility", "workspace_id", "owner_id")
-
-
-def _index(browsable: Browsable, name: str, attributes: list[str]) -> Index:
-    table = browsable.model.__table__  # type: ignore[attr-defined]
-    keys = [table.c[browsable.column(attribute).key] for attribute in dict.fromkeys(attributes)]
-    return Index(f"ix_{browsable.table_name}_{name}", *keys)
-
-
-def _browse_indexes() -> list[Index]:
-    """The indexes browsing reads (migration 0005 creates them), declared here beside the sort orders
-    and facets they serve and attached to the models' tables, so the models agree with the migrations.
-
-    * per sort order: (sort key, id, then the access columns). A page, the first or a thousand deep, is a
-      walk of this index alone, the access predicate checked on the index entries; only the page's own
-      rows are then read from the table.
-    * per tagged browsable: (id, the access columns, each counted facet's column). Counting a facet over
-      the rows with some tag probes this index by id, never the table.
-    """
-    indexes = []
-    for browsable in (DTUS, ARTIFACTS, LENS_ITEMS):
-        for attribute in dict.fromkeys(browsable.sorts.values()):
-            key = browsable.column(attribute).key
-            indexes.append(_index(browsable, f"by_{key}", [attribute, "id", *ACCESS_COLUMNS]))
-    for browsable in (DTUS, ARTIFACTS):
-        counted = [facet.attribute for facet in browsable.counted_facets if facet.attribute is not None]
-        indexes.append(_index(browsable, "facets", ["id", *ACCESS_COLUMNS, *counted]))
-    return indexes
-
-
-#: Jobs are left out: they are listed per person and workspace, and their rows are rewritten on every
-#: status change, where more indexes would cost every job runner.
-BROWSE_INDEXES = _browse_indexes()

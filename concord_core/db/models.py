@@ -128,11 +128,31 @@ class DtuColumns:
     content_hash: Mapped[str] = mapped_column(String(64))
 
 
+#: The columns the browse access predicate reads (concord_core.auth.policy.readable_filter).
+BROWSE_ACCESS_COLUMNS = ("visibility", "workspace_id", "owner_id")
+
+
+def browse_indexes(table: str, sort_keys: tuple[str, ...], counted: tuple[str, ...] | None) -> list[Index]:
+    """The indexes Global reads (migration 0005):
+
+    * per sort order, (sort key, id, the access columns): a keyset page, the first or a thousand deep, is a
+      walk of this index alone with the access predicate checked on its entries; only the page's own rows
+      are then read from the table;
+    * with ``counted`` (the columns of the source's counted facets), (id, the access columns, those
+      columns): a facet counted over the rows with some tag probes this index by id, never the table.
+    """
+    indexes = [Index(f"ix_{table}_by_{key}", key, "id", *BROWSE_ACCESS_COLUMNS) for key in sort_keys]
+    if counted is not None:
+        indexes.append(Index(f"ix_{table}_facets", "id", *BROWSE_ACCESS_COLUMNS, *counted))
+    return indexes
+
+
 class Dtu(DtuColumns, Timestamps, Base):
     __tablename__ = "dtus"
     __table_args__ = (
         Index("ix_dtus_workspace_created", "workspace_id", "created_at", "id"),
         Index("ix_dtus_content_hash", "workspace_id", "content_hash"),
+        *browse_indexes("dtus", ("created_at", "updated_at", "title"), ("tier", "dtu_type", "status")),
     )
 
     id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
@@ -168,7 +188,10 @@ class DtuCitation(Base):
 
 class Artifact(Timestamps, Base):
     __tablename__ = "artifacts"
-    __table_args__ = (Index("ix_artifacts_workspace_created", "workspace_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_artifacts_workspace_created", "workspace_id", "created_at", "id"),
+        *browse_indexes("artifacts", ("created_at", "updated_at", "name"), ("kind",)),
+    )
 
     id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
@@ -204,6 +227,7 @@ class LensItem(Timestamps, Base):
     __table_args__ = (
         UniqueConstraint("lens_id", "source_kind", "source_id", name="uq_lens_items_source"),
         Index("ix_lens_items_lens_type", "lens_id", "item_type", "created_at", "id"),
+        *browse_indexes("lens_items", ("created_at", "updated_at"), None),
     )
 
     id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
