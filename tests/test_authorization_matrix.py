@@ -1256,6 +1256,24 @@ REFUSED_BEFORE_WRITING: list[tuple[str, str, str, Callable[[World], dict[str, An
         "UNAUTHENTICATED",
         "lens_item.create",
     ),
+    (
+        "enqueueJob",
+        "anonymous",
+        'mutation($i: JSON!) { enqueueJob(type: "knowledge.export_markdown", input: $i) '
+        "{ job { id } errors { code field } } }",
+        lambda w: {"i": {"dtuIds": [w.dtu]}},
+        "UNAUTHENTICATED",
+        "job.enqueue",
+    ),
+    (
+        "startWorkflow",
+        "anonymous",
+        'mutation($i: JSON!) { startWorkflow(type: "dtu_import", input: $i) '
+        "{ workflow { id } errors { code field } } }",
+        lambda w: {"i": {"artifactId": w.artifact}},
+        "UNAUTHENTICATED",
+        "workflow.start",
+    ),
 ]
 
 

@@ -150,7 +150,7 @@ def enqueue_job(ctx: OperationContext, catalog: JobCatalog, data: dict[str, Any]
     request = validate(EnqueueInput, data)
     _spec(catalog, request.job_type)
     _check_input(request.input)
-    workspace_id = ctx.workspace_for(request.workspace_id)
+    workspace_id = ctx.workspace_for(request.workspace_id, "job.enqueue")
     try:
         with write(ctx, "job.enqueue") as change:
             change.authorize(Action.CREATE, WorkspaceTarget(workspace_id), "workspace", workspace_id)

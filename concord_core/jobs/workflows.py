@@ -304,7 +304,7 @@ def start_workflow(ctx: OperationContext, catalog: JobCatalog, data: dict[str, A
     request = validate(StartWorkflowInput, data)
     definition = _definition(request.workflow_type)
     payload = validate(definition.input_model, request.input, "input.").model_dump(mode="json", by_alias=True)
-    workspace_id = ctx.workspace_for(request.workspace_id)
+    workspace_id = ctx.workspace_for(request.workspace_id, "workflow.start")
     digest = input_hash(payload)
     existing_id: str | None = None
     try:
