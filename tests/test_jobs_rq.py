@@ -9,7 +9,8 @@
   test's own, never the shared one);
 * a poison job that kills its worker fails after ``maxAttempts`` with its error on every run, without
   holding up other jobs;
-* one idempotency key sent at once by many HTTP clients creates exactly one job.
+* one idempotency key sent at once by many HTTP clients creates exactly one job;
+* a message that ended in RQ without running its job (filed as failed) is replaced by the relay.
 """
 
 from __future__ import annotations
@@ -329,3 +330,29 @@ def test_one_idempotency_key_from_many_clients_creates_one_job(tmp_path: Path, d
         with runtime.db.read() as session:
             assert session.scalar(select(func.count()).select_from(Job)) == 1
         assert job_row(runtime, from_global_id(answers[0])[1]).idempotency_key == "one"
+
+
+def test_a_message_that_ended_without_running_its_job_is_sent_again(
+    tmp_path: Path, database_url: str, redis_url: str, redis_namespace: str, workers: list[Worker]
+) -> None:
+    """An RQ message can end without running its job: ``perform`` raised because the database was
+    unreachable, say, and RQ filed the message as failed (kept for a day). The job is still queued in the
+    database, so the relay must give it a new message instead of taking the failed one for pending."""
+    from rq.job import Job as RqJob
+    from rq.job import JobStatus
+
+    settings = settings_for(tmp_path, database_url, redis_url, redis_namespace)
+    connection = redis.Redis.from_url(redis_url)
+    with open_runtime(settings) as runtime:
+        job_id = enqueue(runtime, "testjobs.noop", {"n": 3})
+        message_id = f"concord-{job_id}-0"
+        wait_for(lambda: connection.exists(RqJob.key_for(message_id)), timeout=10)
+        message = RqJob.fetch(message_id, connection=connection)
+        # What RQ records when perform raises: out of its queue, status failed.
+        assert message.origin and redis_namespace in message.origin
+        connection.lrem(f"rq:queue:{message.origin}", 0, message_id)
+        message.set_status(JobStatus.FAILED)
+        assert job_row(runtime, job_id).status == "queued"
+
+        workers.append(start_worker(env_for(settings), tmp_path / "worker.log", "--processes", "1"))
+        assert wait_status(runtime, job_id, "succeeded", timeout=30).output == {"ok": True, "echo": {"n": 3}}
