@@ -42,7 +42,7 @@ EXPORT = """<!DOCTYPE NETSCAPE-Bookmark-file-1>
         <DT><H3>Web Dev</H3>
         <DL><p>
             <DT><A HREF="https://developer.mozilla.org/en-US/docs/Web/HTML" TAGS="docs">MDN: HTML</A>
-            <DT><A HREF="https://x.org/&lt;b&gt;" TAGS="docs">&lt;script&gt;alert(1)&lt;/script&gt; Tricky</A>
+            <DT><A HREF="https://x.org/?a=1&amp;b=2" TAGS="docs">&lt;script&gt;alert(1)&lt;/script&gt; Tricky</A>
         </DL><p>
         <DT><A HREF="https://www.sqlite.org/wal.html">Write-Ahead Logging (again)</A>
         <DT><A HREF="javascript:alert(1)">A bookmarklet</A>
@@ -429,7 +429,7 @@ def test_build_digest_writes_an_html_artifact(gql: GraphQL, runtime: Runtime, so
     assert '<a href="https://docs.python.org/3/">Python documentation</a>' in page
     assert "&mdash; The standard library reference lives here." in page
     assert "&lt;script&gt;" in page and "<script>" not in page  # titles are escaped
-    assert 'href="https://x.org/&lt;b&gt;"' in page
+    assert 'href="https://x.org/?a=1&amp;b=2"' in page  # and so are URLs
     assert "not-yours.example.org" not in page  # only the job owner's bookmarks
     assert "sqlite.org" not in page  # not tagged docs
 
