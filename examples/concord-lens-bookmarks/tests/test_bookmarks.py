@@ -42,7 +42,7 @@ EXPORT = """<!DOCTYPE NETSCAPE-Bookmark-file-1>
         <DT><H3>Web Dev</H3>
         <DL><p>
             <DT><A HREF="https://developer.mozilla.org/en-US/docs/Web/HTML" TAGS="docs">MDN: HTML</A>
-            <DT><A HREF="https://x.org/?a=1&amp;b=2" TAGS="docs">&lt;script&gt;alert(1)&lt;/script&gt; Tricky</A>
+            <DT><A HREF="https://x.org/?a=1&amp;b=2" TAGS="docs">&lt;script&gt;alert(1)&lt;/script&gt;</A>
         </DL><p>
         <DT><A HREF="https://www.sqlite.org/wal.html">Write-Ahead Logging (again)</A>
         <DT><A HREF="javascript:alert(1)">A bookmarklet</A>
