@@ -16,7 +16,7 @@ from global_world import BACKENDS, World, open_world, statements
 
 from concord_core.api.gql import query_limits
 from concord_core.api.gql.cost import MAX_COST
-from concord_core.api.gql.schema import MAX_ALIASES, MAX_DEPTH, MAX_TOKENS
+from concord_core.api.gql.schema import MAX_ALIASES, MAX_CACHED_DOCUMENT_CHARS, MAX_DEPTH, MAX_TOKENS
 from concord_core.operators import dtus as dtu_ops
 from graphql import DocumentNode, parse
 
@@ -216,3 +216,21 @@ def test_depth_is_measured_through_fragments() -> None:
     assert query_limits.measure(document).depths == {"Q": 4}
     document = parse("{ a: dtus { b: nodes { ...C ...C } } } " + fragments)
     assert query_limits.measure(document).aliases == 2
+
+
+def test_long_documents_are_validated_every_time_and_never_kept(
+    world: World, limit_walks: list[query_limits.Measure]
+) -> None:
+    """The parse and validation caches keep only short documents: one string literal is one token, so
+    the token limit does not bound a document's size, and a cache of hostile megabyte-long documents
+    would hold hundreds of them. A long document is still validated, on every request."""
+    filler = "x" * (MAX_CACHED_DOCUMENT_CHARS + 1)
+    document = f'query Long{world.backend} {{ dtus(first: 1, search: "{filler}") {{ nodes {{ id }} }} }}'
+    for _ in range(2):
+        body = world.post("anonymous", document)
+        assert "errors" not in body or body["errors"] == [], body.get("errors")
+    assert len(limit_walks) == 2  # validated twice: nothing cached
+    short = f"query Short{world.backend} {{ dtus(first: 1) {{ nodes {{ id }} }} }}"
+    for _ in range(2):
+        world.post("anonymous", short)
+    assert len(limit_walks) == 3  # the short one once

@@ -9,6 +9,7 @@ from typing import Any
 
 import strawberry
 from strawberry.extensions import AddValidationRules, MaxTokensLimiter, SchemaExtension, ValidationCache
+from strawberry.schema.schema import validate_document
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
@@ -39,6 +40,10 @@ MAX_TOKENS = 4000
 #: Distinct documents whose parse and validation are kept (an LRU each): a client's few operations are
 #: parsed and validated once, and unique documents cannot grow memory past this.
 DOCUMENT_CACHE_SIZE = 512
+#: Longer documents are parsed and validated anew each time: the caches keep at most
+#: DOCUMENT_CACHE_SIZE documents of at most this many characters (a string literal is one token, so the
+#: token limit alone does not bound a document's size).
+MAX_CACHED_DOCUMENT_CHARS = 64 * 1024
 
 
 @strawberry.type(description="About this Concord instance.")
@@ -121,10 +126,30 @@ class ParseCache(SchemaExtension):
 
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
-        if context.query and context.graphql_document is None:
+        if (
+            context.query
+            and len(context.query) <= MAX_CACHED_DOCUMENT_CHARS
+            and context.graphql_document is None
+        ):
             # A document that does not parse is parsed again by strawberry, which reports the error.
             with suppress(Exception):
                 context.graphql_document = _parse(context.query, **context.parse_options)
+        yield
+
+
+class BoundedValidationCache(ValidationCache):
+    """strawberry's ``ValidationCache`` for documents up to MAX_CACHED_DOCUMENT_CHARS; longer ones are
+    validated without being kept."""
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        if document is None or context.query is None or len(context.query) <= MAX_CACHED_DOCUMENT_CHARS:
+            yield from super().on_validate()
+            return
+        context.pre_execution_errors = validate_document(
+            context.schema._schema, document, context.validation_rules
+        )
         yield
 
 
@@ -183,6 +208,6 @@ def build_schema(lenses: LensRegistry) -> strawberry.Schema:
             # Parsing and validating a document cost more server CPU than a whole createDtu's SQL; a
             # document depends only on its text, and its validation only on the document and rules.
             ParseCache,
-            partial(ValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
+            partial(BoundedValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
         ],
     )
