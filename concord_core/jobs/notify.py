@@ -16,6 +16,7 @@ not wait for a round trip to Redis or PostgreSQL, and a busy worker sends one me
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -152,7 +153,7 @@ class Notifier:
         """Stop listening to other processes."""
 
 
-class _ListeningNotifier(Notifier):
+class _ListeningNotifier(Notifier, abc.ABC):
     """A notifier with a daemon thread that receives other processes' topics and delivers them here, and
     one that sends this process's topics (batched: see the module docstring)."""
 
@@ -205,9 +206,9 @@ class _ListeningNotifier(Notifier):
                     self._sending = False
                     self._outbox_lock.notify_all()
 
+    @abc.abstractmethod
     def _send(self, messages: list[str]) -> None:
         """Send each message (newline-separated topics) to every process."""
-        raise NotImplementedError
 
     def flush(self, timeout: float = _FLUSH_SECONDS) -> bool:
         """Wait until everything published so far was sent (or ``timeout``); whether it was."""
@@ -235,8 +236,9 @@ class _ListeningNotifier(Notifier):
                     self.deliver(everyone)
                     self._stop.wait(_RECONNECT_SECONDS)
 
+    @abc.abstractmethod
     def _listen(self) -> None:
-        raise NotImplementedError
+        """Receive messages until the connection drops, delivering each to this process's waiters."""
 
     def close(self) -> None:
         """Send what is pending (for a moment at most), then stop both threads."""
