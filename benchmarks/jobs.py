@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -54,6 +52,9 @@ from concord_core.jobs.enqueue import enqueue_job
 from concord_core.plugins.registry import discover, load_registry
 from concord_core.settings import Settings, load_settings
 
+sys.path.insert(0, str(ROOT / "tests"))
+from procs import redis_server
+
 LENS_DIR = Path(__file__).resolve().parent / "jobs_lens"
 CLIENTS = 4
 LATENCY_SAMPLES = 100
@@ -65,40 +66,6 @@ CPU_LABEL = "  CPU per job (processes' own):      "
 
 #: What plain RQ runs (benchmarks/jobs_lens is on its workers' PYTHONPATH).
 PLAIN_NOOP = "plain_rq_noop.noop"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("benchmarks/jobs.py needs redis-server on PATH")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(directory)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        wait(lambda: _pings(url), 10, "redis-server did not start")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
 
 
 def wait(check: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> None:
@@ -162,6 +129,18 @@ def concord_worker(env: dict[str, str], log: Path, processes: int) -> subprocess
     )
 
 
+def in_clients(count: int, client: Callable[[int], None]) -> None:
+    """Run ``client(share)`` on CLIENTS threads at once, the shares adding up to ``count``."""
+    threads = [
+        threading.Thread(target=client, args=(count // CLIENTS + (i < count % CLIENTS),))
+        for i in range(CLIENTS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def enqueue_many(runtime: Runtime, job_type: str, count: int) -> list[str]:
     assert runtime.local_owner_id is not None
     ops = runtime.operation_context(runtime.principal_for_user(runtime.local_owner_id))
@@ -174,14 +153,7 @@ def enqueue_many(runtime: Runtime, job_type: str, count: int) -> list[str]:
             with lock:
                 ids.append(job.id)
 
-    threads = [
-        threading.Thread(target=client, args=(count // CLIENTS + (i < count % CLIENTS),))
-        for i in range(CLIENTS)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_clients(count, client)
     return ids
 
 
@@ -262,14 +234,7 @@ def bench_plain_rq(
             for _ in range(share):
                 own.enqueue(PLAIN_NOOP)
 
-        threads = [
-            threading.Thread(target=client, args=(count // CLIENTS + (i < count % CLIENTS),))
-            for i in range(CLIENTS)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        in_clients(count, client)
         wait(lambda: registry.count >= count + 20, 600, "plain RQ jobs", interval=0.05)
         rate = count / (time.perf_counter() - started)
         cpu = ((group_cpu(groups) - workers_cpu) * 1000 / count, (own_cpu() - client_cpu) * 1000 / count)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import pytest
@@ -32,7 +32,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _service_missing(what: str, error: Exception) -> None:
+def service_missing(what: str, error: Exception) -> NoReturn:
+    """A service the test needs is not there: a failure in CI, a skip elsewhere."""
     if IN_CI:
         pytest.fail(f"{what} is required in CI and is not reachable: {error}")
     pytest.skip(f"{what} not reachable: {error}")
@@ -52,8 +53,7 @@ def postgres_database(prefix: str = "concord_test", template: str | None = None)
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        _service_missing("PostgreSQL", exc)
-        raise
+        service_missing("PostgreSQL", exc)
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     try:
@@ -82,7 +82,7 @@ def redis_url() -> str:
     try:
         redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=3).ping()
     except redis.RedisError as exc:
-        _service_missing("Redis", exc)
+        service_missing("Redis", exc)
     return REDIS_TEST_URL
 
 

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import redis
 
 CONCORD = [sys.executable, "-m", "concord_core.cli.main"]
 READY_TIMEOUT = 30.0
@@ -34,6 +36,39 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path) -> Iterator[str]:
+    """A Redis server of the caller's own (it may be flushed or killed), on a free port, keeping nothing
+    on disk; yields its URL. FileNotFoundError when redis-server is not on PATH."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server is not on PATH")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while not _pings(url):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"redis-server on port {port} did not start")
+            time.sleep(0.02)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
 
 
 def server_env(

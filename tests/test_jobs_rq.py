@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import make_settings
+from conftest import make_settings, service_missing
 from jobs_support import (
     Worker,
     graphql,
@@ -39,7 +38,7 @@ from jobs_support import (
     wait_for,
     wait_status,
 )
-from procs import free_port, start_server
+from procs import redis_server, start_server
 from sqlalchemy import func, select
 
 from concord_core.api.gql.ids import from_global_id
@@ -218,27 +217,10 @@ def test_a_poison_job_fails_after_max_attempts_without_holding_up_others(
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[str]:
     """A Redis server of this test's own (it gets flushed), on a free port."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: _pings(url), timeout=10)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
+    if shutil.which("redis-server") is None:
+        service_missing("redis-server (for a Redis of the test's own)", FileNotFoundError("not on PATH"))
+    with redis_server(tmp_path) as url:
+        yield url
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
