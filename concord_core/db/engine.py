@@ -118,7 +118,8 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """One write transaction: committed when the block ends, rolled back if it raises.
+        """One write transaction: committed when the block ends, rolled back if it raises. Once it has
+        committed, the :func:`after_commit` actions registered on the session run before this returns.
 
         On SQLite, writers of this process queue on a lock first: SQLite lets one writer in at a time, and
         its busy handler makes the others sleep 1, 2, 5 … 100 ms between retries instead of waking them
