@@ -124,11 +124,11 @@ class Database:
         On SQLite, writers of this process queue on a lock first: SQLite lets one writer in at a time, and
         its busy handler makes the others sleep 1, 2, 5 … 100 ms between retries instead of waking them
         when the lock is free (other processes are still kept apart by SQLite and its busy timeout)."""
+        queued: AbstractContextManager[object] = self._write_lock or nullcontext()
         writes = self._writes
         outermost = not hasattr(writes, "after_commit")
         if outermost:
             writes.after_commit = []
-        queued: AbstractContextManager[object] = self._write_lock or nullcontext()
         try:
             with queued, self._writer() as session:
                 with session.begin():
