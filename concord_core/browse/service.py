@@ -237,7 +237,10 @@ class BrowseService:
         after: str | None = None,
         last: int | None = None,
         before: str | None = None,
+        columns: Sequence[str] | None = None,
     ) -> Page[Any]:
+        """A page of the rows the caller may read: the model's entities, or with ``columns`` (attribute
+        names of the model; its id is always included) plain rows of just those columns."""
         self._check(browsable, request)
         self._latency_first(session)
         query, rank = self._query(principal, browsable, request)
@@ -250,7 +253,12 @@ class BrowseService:
             key = browsable.column(browsable.sorts[sort])
             direction = "desc" if request.descending else "asc"
             ordering = Ordering(f"{sort}:{direction}", (key, browsable.column("id")), request.descending)
-        return paginate(session, query, ordering, first=first, after=after, last=last, before=before)
+        selected = None
+        if columns is not None:
+            selected = [browsable.column(name) for name in dict.fromkeys(["id", *columns])]
+        return paginate(
+            session, query, ordering, first=first, after=after, last=last, before=before, row_columns=selected
+        )
 
     # -- counting from browse_counts ------------------------------------------------------------------
 
