@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from authz import key_of
+from authz import gid, key_of
 from global_world import BACKENDS, Query, World, all_rows, expected, open_world, statements
 from sqlalchemy import func, select
 
@@ -514,6 +514,63 @@ def test_a_facet_past_its_budget_times_out_instead_of_failing_the_page(world: Wo
         not counted["tags"]["timedOut"]
         and {"value": tag, "count": found["totalCount"]} in counted["tags"]["values"]
     )
+
+
+# --- a page reads the columns its items select ------------------------------------------------------
+
+EVERY_DTU_FIELD = """id title human { summary bullets examples } core { definitions invariants examples claims
+  nextActions } machine tags tier type visibility citationMode status mergedIntoId contentHash version
+  ownerId workspaceId createdAt updatedAt citations { id } history { version }"""
+
+
+def page_statement(sent: list[str]) -> str:
+    """The statement that read a page's rows (joined to its keys)."""
+    (statement,) = [statement for statement in sent if "page_keys" in statement]
+    return statement.lower()
+
+
+def test_a_page_fetches_only_the_columns_its_items_select(world: World) -> None:
+    tag = new_tag()
+    cited = create(world, "alice", "columns cited", tag)
+    data = {
+        "human": {"summary": "the summary", "bullets": ["one"]},
+        "core": {"claims": ["a claim"]},
+        "machine": {"k": [1, 2]},
+        "citation_mode": "derivative",
+        "citations": [cited],
+    }
+    key = create(world, "alice", "columns citing", tag, **data)
+    plain = "query($tag: String!) { dtus(filter: {tags: {anyOf: [$tag]}}) { edges { node { title tier } } } }"
+    with statements(world.runtime.db.engine) as sent:
+        titles = world.data("anonymous", plain, {"tag": tag})["dtus"]["edges"]
+    assert [edge["node"]["title"] for edge in titles] == ["columns citing", "columns cited"]
+    statement = page_statement(sent)
+    assert "dtus.title" in statement and "dtus.tier" in statement
+    assert not any(f"dtus.{name}" in statement for name in ("human", "core", "machine", "tags", "citations"))
+
+    # Through aliases, inline fragments and fragment spreads, every field of a page's DTU is what the DTU
+    # itself says.
+    whole = (
+        """query($tag: String!, $id: ID!) {
+      page: dtus(filter: {tags: {anyOf: [$tag]}}) { nodes { ... on Node { id } ...Whole } }
+      more: dtus(filter: {tags: {anyOf: [$tag]}}) { edges { node { layer: human { summary } } } }
+      one: dtu(id: $id) { ...Whole }
+    }
+    fragment Whole on Dtu { """
+        + EVERY_DTU_FIELD
+        + " }"
+    )
+    with statements(world.runtime.db.engine) as sent:
+        answer = world.data("alice", whole, {"tag": tag, "id": gid("Dtu", key)})
+    assert answer["page"]["nodes"][0] == answer["one"]
+    assert answer["one"]["human"]["summary"] == "the summary" and answer["one"]["machine"] == {"k": [1, 2]}
+    assert answer["one"]["citations"] == [{"id": gid("Dtu", cited)}]
+    assert answer["more"]["edges"][0]["node"]["layer"] == {"summary": "the summary"}
+    page_statements = [statement.lower() for statement in sent if "page_keys" in statement]
+    # The two pages may be read in either order.
+    whole_page, layer_page = sorted(page_statements, key=lambda statement: "dtus.core" not in statement)
+    assert all(f"dtus.{name}" in whole_page for name in ("human", "core", "machine", "citations"))
+    assert "dtus.human" in layer_page and "dtus.core" not in layer_page and "dtus.title" not in layer_page
 
 
 def test_the_indexes_still_match_a_rebuild(world: World) -> None:
