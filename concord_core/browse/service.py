@@ -36,10 +36,11 @@ from sqlalchemy.orm import Session
 
 from concord_core.auth.principal import Principal
 from concord_core.browse.connection import AnySelect, Ordering, Page, count, paginate
-from concord_core.browse.indexes import BUCKET, INDEXED, TOTAL
+from concord_core.browse.indexes import BUCKET, INDEXED, ROLLED_UP, TOTAL
+from concord_core.browse.scopes import readable_scopes, scope_sum
 from concord_core.browse.source import Browsable, FilterKind
 from concord_core.db.engine import Database
-from concord_core.db.models import BrowseCount, EntityTag
+from concord_core.db.models import BrowseCount, BrowseScopeCount, EntityTag
 from concord_core.operators.errors import ErrorCode, OperatorError
 
 DEFAULT_FACET_VALUES = 20
@@ -408,6 +409,22 @@ class BrowseService:
             group = getattr(BrowseCount, facet.attribute)
             query = self._from_counters(principal, browsable, counters, group)
         elif counters is not None and counters.facet == TOTAL and facet.counted:
+            scopes = readable_scopes(principal, browsable)
+            if not counters.conditions and name in ROLLED_UP.get(browsable.name, ()) and scopes is not None:
+                # Nothing filters the rows but the access predicate: the tag counters of the scopes the
+                # caller reads (a few per tag), rather than those of every bucket.
+                n = scope_sum(scopes)
+                by_scope: AnySelect = (
+                    select(BrowseScopeCount.value.label("value"), n.label("n"))
+                    .where(
+                        BrowseScopeCount.source == browsable.name,
+                        BrowseScopeCount.facet == name,
+                        BrowseScopeCount.scope.in_(list(scopes)),
+                    )
+                    .group_by(BrowseScopeCount.value)
+                    .having(n > 0)
+                )
+                return by_scope, False
             # Nothing filters the rows but their buckets: the facet's own counters, by value.
             query = self._from_counters(
                 principal, browsable, _Counters(facet.name, None, counters.conditions), BrowseCount.value
