@@ -3,7 +3,8 @@
 Every query it builds starts from the browsable's access predicate, so items, totals, facet counts and
 search hits always agree and never include a row the caller cannot read. Facets are disjunctive: a field's
 counts ignore that field's own filter. Unfiltered totals and counted facets are read from the
-``browse_counts`` index (see :mod:`.indexes`); everything else is counted live, within a time budget.
+``browse_counts`` index (see :mod:`.indexes`), and a non-administrator's unfiltered tags facet from the
+counters by access scope (:mod:`.scopes`); everything else is counted live, within a time budget.
 """
 
 from __future__ import annotations
