@@ -261,7 +261,7 @@ def test_every_browse_sort_and_counted_facet_has_its_index() -> None:
 
 
 def test_scope_counts_are_filled_from_the_bucket_counts(empty_database_url: str) -> None:
-    """0007 sums the tags facet's existing bucket counters by scope, as the write path would have."""
+    """0006 sums the tags facet's existing bucket counters by scope, as the write path would have."""
     bucket_rows = [
         # facet, value, visibility, workspace, owner, count
         ("tags", "jazz", "public", "w1", "u1", 3),

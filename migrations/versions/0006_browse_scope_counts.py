@@ -1,6 +1,6 @@
 """browse scope counts: the tags facet's counters summed by access scope
 
-Revision ID: 0007
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-02
 
@@ -10,8 +10,6 @@ scope instead of by bucket: ``public`` (public rows), ``o:<owner>`` (an owner's 
 (rows in both of the last two). A caller's tags facet then reads a few counters per tag instead of one per
 readable bucket (concord_core.browse.scopes). It is filled from browse_counts here, so an upgraded
 database is consistent at once.
-
-Revises 0005: another revision 0006 is being written in parallel; whoever lands second re-points this.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
+revision: str = "0006"
 down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
