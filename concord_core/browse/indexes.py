@@ -8,8 +8,9 @@
   the same deltas.
 
 A SQLAlchemy ``before_flush`` hook derives both from the ORM changes of a transaction, so no operator can
-forget them. :func:`rebuild_all` recomputes them from the tables (after bulk loads or as a repair), and
-:func:`verify_all` checks them.
+forget them; an operator that inserts a row with Core instead of the unit of work (which the hook cannot
+see) calls :func:`index_inserted` beside its ``INSERT``. :func:`rebuild_all` recomputes them from the
+tables (after bulk loads or as a repair), and :func:`verify_all` checks them.
 """
 
 from __future__ import annotations
@@ -121,21 +122,37 @@ def _maintain(session: Session, _flush: UOWTransaction, _instances: Iterable[Any
             tag_changes.append((browsable.name, obj.id, tags, set()))
     if not deltas and not tag_changes:
         return
-    connection = session.connection()
+    _write(session.connection(), deltas, tag_changes)
+
+
+def index_inserted(connection: Connection, obj: Any) -> None:
+    """Index a new row that its operator inserted with Core, in the same transaction (what the flush
+    hook does for rows added to a session). ``obj`` carries the row's values as attributes."""
+    browsable = INDEXED.get(type(obj))
+    if browsable is not None:
+        keys, tags = _keys(browsable, obj, old=False)
+        _write(connection, Counter(keys), [(browsable.name, obj.id, set(), tags)])
+
+
+_ENTITY_TAGS = EntityTag.metadata.tables["entity_tags"]
+_INSERT_TAGS = insert(_ENTITY_TAGS)
+
+
+def _write(
+    connection: Connection, deltas: Counter[Key], tag_changes: list[tuple[str, str, set[str], set[str]]]
+) -> None:
     for source, entity_id, removed, added in tag_changes:
         if removed:
             connection.execute(
-                delete(EntityTag).where(
-                    EntityTag.source == source,
-                    EntityTag.entity_id == entity_id,
-                    EntityTag.tag.in_(sorted(removed)),
+                delete(_ENTITY_TAGS).where(
+                    _ENTITY_TAGS.c.source == source,
+                    _ENTITY_TAGS.c.entity_id == entity_id,
+                    _ENTITY_TAGS.c.tag.in_(sorted(removed)),
                 )
             )
         if added:
-            connection.execute(
-                insert(EntityTag),
-                [{"source": source, "entity_id": entity_id, "tag": tag} for tag in sorted(added)],
-            )
+            rows = [{"source": source, "entity_id": entity_id, "tag": tag} for tag in sorted(added)]
+            connection.execute(_INSERT_TAGS, rows)
     _upsert(connection, deltas)
     upsert_scopes(connection, scope_deltas(deltas, ROLLED_UP))
 
