@@ -503,6 +503,7 @@ def run(backend: str, count: int, args: argparse.Namespace) -> None:
         with runtime.db.read() as session:
             tag_rows = session.scalar(text("SELECT count(*) FROM entity_tags"))
             count_rows = session.scalar(text("SELECT count(*) FROM browse_counts"))
+            scope_rows = session.scalar(text("SELECT count(*) FROM browse_scope_counts"))
             visible = session.scalar(
                 select(func.count()).select_from(Dtu).where(readable_filter(principal, Dtu))
             )
@@ -510,7 +511,8 @@ def run(backend: str, count: int, args: argparse.Namespace) -> None:
             count = session.scalar(select(func.count()).select_from(Dtu)) or 0
         print(
             f"{backend}: {count:,} DTUs loaded in {loaded:.0f} s, indexed in {indexed:.0f} s "
-            f"({tag_rows:,} tag rows, {count_rows:,} counter rows), analyzed in {analyzed:.0f} s; "
+            f"({tag_rows:,} tag rows, {count_rows:,} counter rows, {scope_rows:,} by scope), analyzed in "
+            f"{analyzed:.0f} s; "
             f"the asker ({len(principal.roles)} workspaces) sees {visible:,}"
         )
         tests = scenarios(runtime, people)

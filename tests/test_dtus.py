@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import GraphQL
 from fastapi.testclient import TestClient
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import func, select
 
 from concord_core.api.runtime import Runtime
@@ -181,6 +182,45 @@ def test_create_with_every_field(gql: GraphQL, runtime: Runtime) -> None:
     for bad in (global_id("Dtu", str(uuid.uuid4())), "not an id!", "", global_id("Artifact", key)):
         assert gql.run(GET, {"id": bad})["dtu"] is None
         assert gql.run(NODE, {"id": bad})["node"] is None
+
+
+#: Statements of the job runners and the live-update publisher, which share the engine and may run in
+#: other threads while a request is counted.
+BACKGROUND = re.compile(r"\b(jobs|job_runs|workflows)\b|pg_notify", re.IGNORECASE)
+
+
+def test_create_sends_one_statement_per_row(gql: GraphQL, runtime: Runtime) -> None:
+    """createDtu reads nothing but the principal and writes each of its rows with one statement: no
+    workspace lookup, no citation statements when nothing is cited, no ORM flush of extra statements."""
+    create(gql, title="warm-up", tags=["first"])
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not BACKGROUND.search(statement):
+            sent.append(" ".join(statement.split()))
+
+    sqlalchemy_event.listen(runtime.db.engine, "before_cursor_execute", record)
+    try:
+        create(gql, title="counted", tags=["one", "two"], visibility="PUBLIC")
+    finally:
+        sqlalchemy_event.remove(runtime.db.engine, "before_cursor_execute", record)
+    transactions = [s for s in sent if s.upper().startswith("BEGIN")]
+    log = [s for s in sent if "event_head" in s or s.upper().startswith("INSERT INTO EVENTS")]
+    rest = [s for s in sent if s not in transactions and s not in log]
+    kinds = sorted(" ".join(s.split()[:3]).upper() for s in rest)
+    assert kinds == [
+        "INSERT INTO AUDIT_LOG",
+        "INSERT INTO BROWSE_COUNTS",
+        "INSERT INTO BROWSE_SCOPE_COUNTS",  # the tags facet's counters by access scope
+        "INSERT INTO DTUS",
+        "INSERT INTO DTU_VERSIONS",
+        "INSERT INTO ENTITY_TAGS",
+        "SELECT USERS.IS_ADMIN, USERS.DISABLED_AT,",  # the principal, with its memberships
+    ], sent
+    # The event append: one statement on PostgreSQL, three at most on SQLite (head, event, new head).
+    assert 1 <= len(log) <= 3, sent
+    # SQLite: the principal's read and the write transaction; PostgreSQL's driver begins implicitly.
+    assert len(transactions) <= 2, sent
 
 
 def test_edits_write_full_versions_and_stale_edits_conflict(gql: GraphQL, runtime: Runtime) -> None:

@@ -22,15 +22,17 @@ from typing import Any
 
 import psycopg
 import pytest
-from authz import key_of
+from authz import gid, key_of
 from global_world import BACKENDS, Query, World, all_rows, expected, open_world, statements
 from sqlalchemy import func, select
 
 from concord_core.browse.service import BrowseService
 from concord_core.db.models import Artifact, ArtifactVersion, Dtu, DtuVersion
 from concord_core.db.types import new_id
+from concord_core.operators import accounts as account_ops
 from concord_core.operators import artifacts as artifact_ops
 from concord_core.operators import dtus as dtu_ops
+from concord_core.operators.base import OperationContext
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -514,6 +516,116 @@ def test_a_facet_past_its_budget_times_out_instead_of_failing_the_page(world: Wo
         not counted["tags"]["timedOut"]
         and {"value": tag, "count": found["totalCount"]} in counted["tags"]["values"]
     )
+
+
+# --- a page reads the columns its items select ------------------------------------------------------
+
+EVERY_DTU_FIELD = """id title human { summary bullets examples } core { definitions invariants examples claims
+  nextActions } machine tags tier type visibility citationMode status mergedIntoId contentHash version
+  ownerId workspaceId createdAt updatedAt citations { id } history { version }"""
+
+
+def page_statement(sent: list[str]) -> str:
+    """The statement that read a page's rows (joined to its keys)."""
+    (statement,) = [statement for statement in sent if "page_keys" in statement]
+    return statement.lower()
+
+
+def test_a_page_fetches_only_the_columns_its_items_select(world: World) -> None:
+    tag = new_tag()
+    cited = create(world, "alice", "columns cited", tag)
+    data = {
+        "human": {"summary": "the summary", "bullets": ["one"]},
+        "core": {"claims": ["a claim"]},
+        "machine": {"k": [1, 2]},
+        "citation_mode": "derivative",
+        "citations": [cited],
+    }
+    key = create(world, "alice", "columns citing", tag, **data)
+    plain = "query($tag: String!) { dtus(filter: {tags: {anyOf: [$tag]}}) { edges { node { title tier } } } }"
+    with statements(world.runtime.db.engine) as sent:
+        titles = world.data("anonymous", plain, {"tag": tag})["dtus"]["edges"]
+    assert [edge["node"]["title"] for edge in titles] == ["columns citing", "columns cited"]
+    statement = page_statement(sent)
+    assert "dtus.title" in statement and "dtus.tier" in statement
+    assert not any(f"dtus.{name}" in statement for name in ("human", "core", "machine", "tags", "citations"))
+
+    # Through aliases, inline fragments and fragment spreads, every field of a page's DTU is what the DTU
+    # itself says.
+    whole = (
+        """query($tag: String!, $id: ID!) {
+      page: dtus(filter: {tags: {anyOf: [$tag]}}) { nodes { ... on Node { id } ...Whole } }
+      more: dtus(filter: {tags: {anyOf: [$tag]}}) { edges { node { layer: human { summary } } } }
+      one: dtu(id: $id) { ...Whole }
+    }
+    fragment Whole on Dtu { """
+        + EVERY_DTU_FIELD
+        + " }"
+    )
+    with statements(world.runtime.db.engine) as sent:
+        answer = world.data("alice", whole, {"tag": tag, "id": gid("Dtu", key)})
+    assert answer["page"]["nodes"][0] == answer["one"]
+    assert answer["one"]["human"]["summary"] == "the summary" and answer["one"]["machine"] == {"k": [1, 2]}
+    assert answer["one"]["citations"] == [{"id": gid("Dtu", cited)}]
+    assert answer["more"]["edges"][0]["node"]["layer"] == {"summary": "the summary"}
+    page_statements = [statement.lower() for statement in sent if "page_keys" in statement]
+    # The two pages may be read in either order.
+    whole_page, layer_page = sorted(page_statements, key=lambda statement: "dtus.core" not in statement)
+    assert all(f"dtus.{name}" in whole_page for name in ("human", "core", "machine", "citations"))
+    assert "dtus.human" in layer_page and "dtus.core" not in layer_page and "dtus.title" not in layer_page
+
+
+TAG_COUNTS = """query($tag: String!) { dtus(first: 1) { facets(fields: ["tags"], limit: 100) {
+  values { value count } } } everyTag: dtus(first: 1, filter: {tags: {anyOf: [$tag]}}) { totalCount } }"""
+
+
+def tag_count(world: World, who: str, tag: str) -> int:
+    """The tags facet's count of ``tag`` for ``who`` (unfiltered: for a non-administrator, summed from
+    the scope counters), checked against the total of the rows with the tag (from its bucket counters)."""
+    answer = world.data(who, TAG_COUNTS, {"tag": tag})
+    (values,) = [facet["values"] for facet in answer["dtus"]["facets"]]
+    counted = {value["value"]: value["count"] for value in values}.get(tag, 0)
+    assert counted == answer["everyTag"]["totalCount"], (who, counted, answer)
+    return counted
+
+
+def test_the_tags_facet_follows_visibility_ownership_and_membership(world: World) -> None:
+    def now(who: str) -> OperationContext:  # with the workspaces they are in now
+        return runtime.operation_context(runtime.principal_for_user(world.people[who].user_id))
+
+    runtime = world.runtime
+    tag = new_tag()
+    studio = account_ops.create_workspace(world.ctx("alice"), "Scoped").id
+    account_ops.set_member(now("alice"), studio, "bob@example.com", "editor")
+    for who, visibility in (
+        ("alice", "workspace"),
+        ("alice", "workspace"),
+        ("alice", "unlisted"),
+        ("alice", "private"),
+        ("bob", "workspace"),
+        ("bob", "private"),
+    ):
+        data = {"title": f"scoped {visibility}", "tags": [tag], "visibility": visibility}
+        dtu_ops.create_dtu(now(who), {**data, "workspace_id": studio})
+    create(world, "carol", "scoped public", tag)
+    expected = {"alice": 6, "bob": 6, "carol": 1, "anonymous": 1, "dave": 7}
+    assert {who: tag_count(world, who, tag) for who in expected} == expected
+
+    # bob leaves: his own rows stay his to list, alice's are no longer; she still lists his workspace row.
+    account_ops.remove_member(now("alice"), studio, world.people["bob"].user_id or "")
+    assert tag_count(world, "bob", tag) == 1 + 2
+    assert tag_count(world, "alice", tag) == 6
+    # A row changing visibility moves between scopes.
+    data = {"title": "scoped moving", "tags": [tag], "visibility": "private", "workspace_id": studio}
+    data["human"] = {"summary": "publishable"}
+    row = dtu_ops.create_dtu(now("alice"), data).id
+    assert tag_count(world, "carol", tag) == 1
+    dtu_ops.publish_dtu(now("alice"), row, "public")
+    assert {who: tag_count(world, who, tag) for who in ("alice", "bob", "carol")} == {
+        "alice": 7,
+        "bob": 4,
+        "carol": 2,
+    }
 
 
 def test_the_indexes_still_match_a_rebuild(world: World) -> None:

@@ -234,3 +234,24 @@ def test_long_documents_are_validated_every_time_and_never_kept(
     for _ in range(2):
         world.post("anonymous", short)
     assert len(limit_walks) == 3  # the short one once
+
+
+def test_a_cached_cost_follows_the_page_size_variables(world: World) -> None:
+    """The cost of a document is kept per operation and page sizes: the same text with a larger ``$n``
+    costs more (and is refused), a smaller one less, whatever was asked before."""
+    costs = []
+    for n in (1, 90, 91, 1, 91, 90):
+        body = world.post("anonymous", NEAR_THE_LIMIT, {"n": n})
+        costs.append(body["extensions"]["cost"]["requested"])
+        refused = [error["extensions"]["code"] for error in body.get("errors", [])]
+        assert refused == (["QUERY_TOO_COSTLY"] if n == 91 else []), (n, body)
+    assert costs == [113, 9992, 10103, 113, 10103, 9992]
+    named = """query Small { dtus(first: 1) { nodes { id } } }
+               query Large { dtus(first: 90) { nodes { citations { history { version } } } } }"""
+    for operation, cost in (("Small", 3), ("Large", 9992), ("Small", 3)):
+        response = world.instance.client.post(
+            "/graphql",
+            json={"query": named, "operationName": operation},
+            headers=world.people["anonymous"].headers,
+        )
+        assert response.json()["extensions"]["cost"]["requested"] == cost, (operation, response.text)

@@ -258,3 +258,55 @@ def test_every_browse_sort_and_counted_facet_has_its_index() -> None:
         if source is not LENS_ITEMS:
             facet_index = tuple(dict.fromkeys(("id", *BROWSE_ACCESS_COLUMNS, *counted)))
             assert facet_index in indexed, f"{source.name}: no facet index"
+
+
+def test_scope_counts_are_filled_from_the_bucket_counts(empty_database_url: str) -> None:
+    """0006 sums the tags facet's existing bucket counters by scope, as the write path would have."""
+    bucket_rows = [
+        # facet, value, visibility, workspace, owner, count
+        ("tags", "jazz", "public", "w1", "u1", 3),
+        ("tags", "jazz", "public", "w2", "u2", 4),
+        ("tags", "jazz", "private", "w1", "u1", 5),
+        ("tags", "jazz", "workspace", "w1", "u1", 6),
+        ("tags", "jazz", "unlisted", "w1", "u2", 7),
+        ("tags", "folk", "workspace", "w2", "u1", 1),
+        ("tier", "mega", "public", "w1", "u1", 9),  # not a tag: not kept by scope
+    ]
+    db = Database(empty_database_url)
+    try:
+        command.upgrade(migrate.alembic_config(db.url), "0005")
+        with db.engine.begin() as conn:
+            for facet, value, visibility, workspace, owner, count in bucket_rows:
+                conn.execute(
+                    text(
+                        "INSERT INTO browse_counts VALUES ('dtus', :facet, :value, :visibility, :workspace, "
+                        ":owner, :count)"
+                    ),
+                    dict(
+                        facet=facet,
+                        value=value,
+                        visibility=visibility,
+                        workspace=workspace,
+                        owner=owner,
+                        count=count,
+                    ),
+                )
+        migrate.upgrade(db)
+        with db.engine.connect() as conn:
+            filled = set(
+                conn.execute(text("SELECT source, facet, scope, value, count FROM browse_scope_counts"))
+            )
+        jazz = {
+            ("public", 7),
+            ("o:u1", 11),
+            ("o:u2", 7),
+            ("w:w1", 13),
+            ("ow:u1:w1", 6),
+            ("ow:u2:w1", 7),
+        }
+        folk = {("o:u1", 1), ("w:w2", 1), ("ow:u1:w2", 1)}
+        assert filled == {("dtus", "tags", scope, "jazz", n) for scope, n in jazz} | {
+            ("dtus", "tags", scope, "folk", n) for scope, n in folk
+        }
+    finally:
+        db.dispose()

@@ -113,9 +113,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.add_exception_handler(HTTPException, rest.http_error)
     app.add_exception_handler(RequestValidationError, rest.request_validation_error)
+    # GraphQL first: most requests are GraphQL, and routes are matched in order (no path is shared).
+    app.include_router(graphql, prefix="/graphql")
     app.include_router(rest.router)
     add_paginated_routes(app, list(runtime.browsables.values()))
-    app.include_router(graphql, prefix="/graphql")
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Query
 from pydantic import BaseModel
+from sqlalchemy import inspect
+from sqlalchemy.orm import Mapper
 
 from concord_core.api.rest import error_response, principal, runtime
 from concord_core.api.runtime import Runtime
@@ -50,12 +52,19 @@ class PaginatedOut(BaseModel):
     pageInfo: PageInfoOut
 
 
-def row_json(row: Any) -> dict[str, Any]:
-    """A row as JSON: every column of its table, timestamps as ISO 8601."""
+def _names(browsable: Browsable) -> list[tuple[str, str]]:
+    """(attribute, column name) of every column of the browsable's table."""
+    mapper: Mapper[Any] = inspect(browsable.model)
+    return [(attribute.key, attribute.columns[0].name) for attribute in mapper.column_attrs]
+
+
+def row_json(row: Any, names: list[tuple[str, str]]) -> dict[str, Any]:
+    """A plain row of a page (every column, by attribute) as JSON by column name, timestamps as ISO 8601."""
     values: dict[str, Any] = {}
-    for column in row.__table__.columns:
-        value = getattr(row, column.key)
-        values[column.name] = value.isoformat() if isinstance(value, datetime) else value
+    mapping = row._mapping
+    for key, name in names:
+        value = mapping[key]
+        values[name] = value.isoformat() if isinstance(value, datetime) else value
     return values
 
 
@@ -94,6 +103,9 @@ def add_paginated_routes(app: FastAPI, browsables: list[Browsable]) -> None:
 
 
 def _endpoint(browsable: Browsable) -> Any:
+    column_names = _names(browsable)
+    attributes = [key for key, _name in column_names]
+
     async def paginated(
         rt: Annotated[Runtime, Depends(runtime)],
         who: Annotated[Principal, Depends(principal)],
@@ -161,12 +173,20 @@ def _endpoint(browsable: Browsable) -> Any:
             def work() -> PaginatedOut:
                 with rt.db.read() as session:
                     page = service.page(
-                        session, who, browsable, request, first=first, after=after, last=last, before=before
+                        session,
+                        who,
+                        browsable,
+                        request,
+                        first=first,
+                        after=after,
+                        last=last,
+                        before=before,
+                        columns=attributes,
                     )
                     count = service.total(session, who, browsable, request) if total else None
                 results = service.facets(who, browsable, request, list(names), facet_limit) if names else []
                 return PaginatedOut(
-                    items=[row_json(row) for row in page.items],
+                    items=[row_json(row, column_names) for row in page.items],
                     total=count,
                     facets={
                         r.field: FacetOut(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from concord_core.auth.principal import READ_SCOPE, WRITE_SCOPE, Principal
@@ -41,25 +44,52 @@ def ensure_local_owner(db: Database) -> str:
         return user.id
 
 
-def load_principal(
-    session: Session, user_id: str, *, scopes: frozenset[str] | None = None
-) -> Principal | None:
-    """The principal of an enabled user, with their workspace roles; None if unknown or disabled.
+_USERS = User.metadata.tables["users"]
+_WORKSPACES = User.metadata.tables["workspaces"]
+_MEMBERSHIPS = User.metadata.tables["memberships"]
+_PERSONAL_WORKSPACE = (
+    select(_WORKSPACES.c.id).where(_WORKSPACES.c.personal_owner_id == _USERS.c.id).limit(1).scalar_subquery()
+)
+#: What a principal is made of, one row per membership (or one row with no membership): the user, their
+#: personal workspace, and a workspace with their role in it. Queries that find the user from a credential
+#: select these beside the credential's own columns (see :mod:`concord_core.auth.authenticate`).
+PRINCIPAL_COLUMNS = (
+    _USERS.c.is_admin,
+    _USERS.c.disabled_at,
+    _PERSONAL_WORKSPACE.label("personal_workspace_id"),
+    _MEMBERSHIPS.c.workspace_id,
+    _MEMBERSHIPS.c.role,
+)
+#: The users table with its memberships, the FROM of every principal query.
+USERS_WITH_MEMBERSHIPS = _USERS.outerjoin(_MEMBERSHIPS, _MEMBERSHIPS.c.user_id == _USERS.c.id)
 
-    One query (every request makes it): the user, their personal workspace and a row per membership."""
-    personal = select(Workspace.id).where(Workspace.personal_owner_id == User.id).limit(1).scalar_subquery()
-    rows = session.execute(
-        select(User.is_admin, User.disabled_at, personal, Membership.workspace_id, Membership.role)
-        .select_from(User)
-        .outerjoin(Membership, Membership.user_id == User.id)
-        .where(User.id == user_id)
-    ).all()
+# Core, built once: every request runs it, and an ORM select is compiled and cache-keyed anew each time.
+_PRINCIPAL_OF_USER = (
+    select(*PRINCIPAL_COLUMNS).select_from(USERS_WITH_MEMBERSHIPS).where(_USERS.c.id == bindparam("user_id"))
+)
+
+
+def principal_from_rows(
+    user_id: str, rows: Sequence[Row[*tuple[Any, ...]]], scopes: frozenset[str] | None = None
+) -> Principal | None:
+    """The principal in the rows of a query that selects :data:`PRINCIPAL_COLUMNS` for one user; None if
+    there are none or the user is disabled."""
     if not rows or rows[0].disabled_at is not None:
         return None
     return Principal(
         user_id=user_id,
         roles={row.workspace_id: row.role for row in rows if row.workspace_id is not None},
-        is_admin=rows[0].is_admin,
+        is_admin=bool(rows[0].is_admin),
         scopes=scopes if scopes is not None else frozenset({READ_SCOPE, WRITE_SCOPE}),
-        default_workspace_id=rows[0][2],
+        default_workspace_id=rows[0].personal_workspace_id,
     )
+
+
+def load_principal(
+    session: Session | Connection, user_id: str, *, scopes: frozenset[str] | None = None
+) -> Principal | None:
+    """The principal of an enabled user, with their workspace roles; None if unknown or disabled.
+
+    One query (every request makes it): the user, their personal workspace and a row per membership."""
+    rows = session.execute(_PRINCIPAL_OF_USER, {"user_id": user_id}).all()
+    return principal_from_rows(user_id, rows, scopes)

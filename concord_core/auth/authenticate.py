@@ -10,15 +10,19 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, select, update
 
-from concord_core.auth.accounts import load_principal
+from concord_core.auth.accounts import (
+    PRINCIPAL_COLUMNS,
+    USERS_WITH_MEMBERSHIPS,
+    load_principal,
+    principal_from_rows,
+)
 from concord_core.auth.keys import hash_key, looks_like_key
 from concord_core.auth.principal import ANONYMOUS, READ_SCOPE, WRITE_SCOPE, Principal
 from concord_core.auth.tokens import InvalidToken, read_access_token
 from concord_core.db.engine import Database
-from concord_core.db.models import ApiKey, AuthSession
+from concord_core.db.models import ApiKey
 from concord_core.db.types import utcnow
 from concord_core.observability.metrics import counter
 from concord_core.settings import AuthMode, Settings
@@ -58,56 +62,90 @@ def credential_from(headers: Mapping[str, str]) -> str | None:
     return credential
 
 
-def _from_api_key(session: Session, token: str) -> tuple[Principal, str | None]:
+_KEYS = ApiKey.metadata.tables["api_keys"]
+_SESSIONS = ApiKey.metadata.tables["sessions"]
+_USERS = ApiKey.metadata.tables["users"]
+
+# One indexed query per credential, built once: the credential's row joined to its user's principal rows.
+_KEY_PRINCIPAL = (
+    select(
+        _KEYS.c.id.label("key_id"),
+        _KEYS.c.user_id.label("credential_user_id"),
+        _KEYS.c.scopes,
+        _KEYS.c.expires_at,
+        _KEYS.c.revoked_at,
+        _KEYS.c.last_used_at,
+        *PRINCIPAL_COLUMNS,
+    )
+    .select_from(_KEYS.join(USERS_WITH_MEMBERSHIPS, _USERS.c.id == _KEYS.c.user_id))
+    .where(_KEYS.c.key_hash == bindparam("key_hash"))
+)
+_SESSION_PRINCIPAL = (
+    select(
+        _SESSIONS.c.id.label("session_id"),
+        _SESSIONS.c.user_id.label("credential_user_id"),
+        _SESSIONS.c.expires_at,
+        _SESSIONS.c.revoked_at,
+        *PRINCIPAL_COLUMNS,
+    )
+    .select_from(_SESSIONS.join(USERS_WITH_MEMBERSHIPS, _USERS.c.id == _SESSIONS.c.user_id))
+    .where(_SESSIONS.c.id == bindparam("session_id"))
+)
+
+
+def _from_api_key(connection: Connection, token: str) -> tuple[Principal, str | None]:
     """The key's principal, and the key's id if its lastUsedAt is due for an update."""
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token)))
+    rows = connection.execute(_KEY_PRINCIPAL, {"key_hash": hash_key(token)}).all()
     now = utcnow()
+    key = rows[0] if rows else None
     if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
         raise AuthenticationFailed("bad_key")
     scopes = frozenset(key.scopes) & {READ_SCOPE, WRITE_SCOPE}
-    principal = load_principal(session, key.user_id, scopes=scopes)
+    principal = principal_from_rows(key.credential_user_id, rows, scopes=scopes)
     if principal is None:
         raise AuthenticationFailed("user_disabled")
     due = key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION
-    return principal, key.id if due else None
+    return principal, key.key_id if due else None
 
 
-def _from_token(session: Session, settings: Settings, token: str) -> Principal:
+def _from_token(connection: Connection, settings: Settings, token: str) -> Principal:
     try:
         claims = read_access_token(settings, token)
     except InvalidToken:
         raise AuthenticationFailed("bad_token") from None
-    row = session.get(AuthSession, claims.session_id)
+    rows = connection.execute(_SESSION_PRINCIPAL, {"session_id": claims.session_id}).all()
+    row = rows[0] if rows else None
     if (
         row is None
-        or row.user_id != claims.user_id
+        or row.credential_user_id != claims.user_id
         or row.revoked_at is not None
         or row.expires_at <= utcnow()
     ):
         raise AuthenticationFailed("session_ended")
-    principal = load_principal(session, claims.user_id)
+    principal = principal_from_rows(claims.user_id, rows)
     if principal is None:
         raise AuthenticationFailed("user_disabled")
     # Remember the session behind the token: logout ends exactly this one.
-    return replace(principal, session_id=row.id)
+    return replace(principal, session_id=row.session_id)
 
 
 def authenticate(
     db: Database, settings: Settings, credential: str | None, local_owner_id: str | None
 ) -> Principal:
     """The principal for a credential (or for none: the local owner in public mode, else anonymous)."""
+    # A plain connection, not a session: one Core query needs none of the ORM's machinery.
     if credential is None:
         if settings.auth_mode is AuthMode.PUBLIC and local_owner_id:
-            with db.read() as session:
-                return load_principal(session, local_owner_id) or ANONYMOUS
+            with db.engine.connect() as connection:
+                return load_principal(connection, local_owner_id) or ANONYMOUS
         return ANONYMOUS
     if not looks_like_key(credential):
         if settings.auth_mode is AuthMode.APIKEY:
             raise AuthenticationFailed("tokens_disabled")
-        with db.read() as session:
-            return _from_token(session, settings, credential)
-    with db.read() as session:
-        principal, touch = _from_api_key(session, credential)
+        with db.engine.connect() as connection:
+            return _from_token(connection, settings, credential)
+    with db.engine.connect() as connection:
+        principal, touch = _from_api_key(connection, credential)
     if touch is not None:
         # lastUsedAt to the minute: one small write per key per minute, not one per request.
         with db.write() as session:

@@ -87,9 +87,11 @@ def paginate(
     after: str | None = None,
     last: int | None = None,
     before: str | None = None,
+    row_columns: Sequence[ColumnElement[Any]] | None = None,
 ) -> Page[Any]:
     """One page of ``query`` (a select of one ORM entity) in ``ordering``, whose last key is the entity's
-    primary key."""
+    primary key. The items are the entities; with ``row_columns``, plain rows of those columns instead (no
+    ORM objects to build, and only the columns the caller will read are fetched and decoded)."""
     size, backwards = page_size(first, last)
     columns = list(ordering.columns)
     kinds = [_kind(column) for column in columns]
@@ -111,9 +113,9 @@ def paginate(
         .subquery("page_keys")
     )
     key_columns = [keys.c[f"k{n}"] for n in range(len(columns))]
-    entity = query.column_descriptions[0]["entity"]
+    wanted = list(row_columns) if row_columns is not None else [query.column_descriptions[0]["entity"]]
     page = (
-        select(entity, *key_columns)
+        select(*wanted, *key_columns)
         .join(keys, columns[-1] == key_columns[-1])
         .order_by(*(key.desc() if reverse else key.asc() for key in key_columns))
     )
@@ -122,9 +124,10 @@ def paginate(
     rows = rows[:size]
     if backwards:
         rows.reverse()
+    width = len(wanted)
     return Page(
-        items=[row[0] for row in rows],
-        cursors=[encode_cursor(ordering.name, tuple(row[1:])) for row in rows],
+        items=[row if row_columns is not None else row[0] for row in rows],
+        cursors=[encode_cursor(ordering.name, tuple(row[width:])) for row in rows],
         has_next_page=more if not backwards else bool(before),
         has_previous_page=more if backwards else bool(after),
     )

@@ -4,10 +4,13 @@
 * ``browse_counts``: per browsable, per access bucket (visibility, workspace, owner), how many rows have
   each value of each counted facet (facet ``""``: the rows themselves). Unfiltered totals and facets then
   sum a few buckets, scoped by the same policy filter as everything else, instead of scanning every row.
+* ``browse_scope_counts``: the tags facet's counters summed by access scope (:mod:`.scopes`), changed by
+  the same deltas.
 
 A SQLAlchemy ``before_flush`` hook derives both from the ORM changes of a transaction, so no operator can
-forget them. :func:`rebuild_all` recomputes them from the tables (after bulk loads or as a repair), and
-:func:`verify_all` checks them.
+forget them; an operator that inserts a row with Core instead of the unit of work (which the hook cannot
+see) calls :func:`index_inserted` beside its ``INSERT``. :func:`rebuild_all` recomputes them from the
+tables (after bulk loads or as a repair), and :func:`verify_all` checks them.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, UOWTransaction
 from sqlalchemy.orm.attributes import get_history
 
+from concord_core.browse.scopes import rebuild_scopes, rolled_up, scope_deltas, upsert_scopes
 from concord_core.browse.source import Browsable
 from concord_core.browse.sources import KERNEL_BROWSABLES
-from concord_core.db.models import BrowseCount, EntityTag
+from concord_core.db.models import BrowseCount, BrowseScopeCount, EntityTag
 from concord_core.db.types import new_id
 
 TOTAL = ""
 BUCKET = ("visibility", "workspace_id", "owner_id")
 INDEXED: dict[type, Browsable] = {b.model: b for b in KERNEL_BROWSABLES if b.tagged or b.counted_facets}
+ROLLED_UP = {b.name: rolled_up(b) for b in INDEXED.values()}  # source -> facets also kept by scope
 
 Key = tuple[str, str, str, str, str, str]  # source, facet, value, visibility, workspace, owner
 
@@ -117,22 +122,39 @@ def _maintain(session: Session, _flush: UOWTransaction, _instances: Iterable[Any
             tag_changes.append((browsable.name, obj.id, tags, set()))
     if not deltas and not tag_changes:
         return
-    connection = session.connection()
+    _write(session.connection(), deltas, tag_changes)
+
+
+def index_inserted(connection: Connection, obj: Any) -> None:
+    """Index a new row that its operator inserted with Core, in the same transaction (what the flush
+    hook does for rows added to a session). ``obj`` carries the row's values as attributes."""
+    browsable = INDEXED.get(type(obj))
+    if browsable is not None:
+        keys, tags = _keys(browsable, obj, old=False)
+        _write(connection, Counter(keys), [(browsable.name, obj.id, set(), tags)])
+
+
+_ENTITY_TAGS = EntityTag.metadata.tables["entity_tags"]
+_INSERT_TAGS = insert(_ENTITY_TAGS)
+
+
+def _write(
+    connection: Connection, deltas: Counter[Key], tag_changes: list[tuple[str, str, set[str], set[str]]]
+) -> None:
     for source, entity_id, removed, added in tag_changes:
         if removed:
             connection.execute(
-                delete(EntityTag).where(
-                    EntityTag.source == source,
-                    EntityTag.entity_id == entity_id,
-                    EntityTag.tag.in_(sorted(removed)),
+                delete(_ENTITY_TAGS).where(
+                    _ENTITY_TAGS.c.source == source,
+                    _ENTITY_TAGS.c.entity_id == entity_id,
+                    _ENTITY_TAGS.c.tag.in_(sorted(removed)),
                 )
             )
         if added:
-            connection.execute(
-                insert(EntityTag),
-                [{"source": source, "entity_id": entity_id, "tag": tag} for tag in sorted(added)],
-            )
+            rows = [{"source": source, "entity_id": entity_id, "tag": tag} for tag in sorted(added)]
+            connection.execute(_INSERT_TAGS, rows)
     _upsert(connection, deltas)
+    upsert_scopes(connection, scope_deltas(deltas, ROLLED_UP))
 
 
 def _tag_rows(connection: Connection, browsable: Browsable) -> Any:
@@ -179,6 +201,7 @@ def rebuild(connection: Connection, browsable: Browsable) -> None:
                 literal(browsable.name), literal(facet.name), column, *bucket, func.count()
             ).group_by(column, *bucket)
         connection.execute(insert(BrowseCount).from_select(columns, query))
+    rebuild_scopes(connection, browsable)
 
 
 def rebuild_all(connection: Connection) -> None:
@@ -186,7 +209,9 @@ def rebuild_all(connection: Connection) -> None:
         rebuild(connection, browsable)
 
 
-def snapshot(connection: Connection) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+def snapshot(
+    connection: Connection,
+) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]], set[tuple[Any, ...]]]:
     """The indexes as sets (zero counts left out), for comparing with a rebuild."""
     tags = {
         tuple(row) for row in connection.execute(select(EntityTag.source, EntityTag.entity_id, EntityTag.tag))
@@ -205,7 +230,19 @@ def snapshot(connection: Connection) -> tuple[set[tuple[Any, ...]], set[tuple[An
             ).where(BrowseCount.count != 0)
         )
     }
-    return tags, counts
+    scope_counts = {
+        tuple(row)
+        for row in connection.execute(
+            select(
+                BrowseScopeCount.source,
+                BrowseScopeCount.facet,
+                BrowseScopeCount.scope,
+                BrowseScopeCount.value,
+                BrowseScopeCount.count,
+            ).where(BrowseScopeCount.count != 0)
+        )
+    }
+    return tags, counts, scope_counts
 
 
 def verify_all(connection: Connection) -> str | None:
@@ -217,7 +254,11 @@ def verify_all(connection: Connection) -> str | None:
         after = snapshot(connection)
     finally:
         savepoint.rollback()
-    for name, kept, fresh in (("entity_tags", before[0], after[0]), ("browse_counts", before[1], after[1])):
+    for name, kept, fresh in (
+        ("entity_tags", before[0], after[0]),
+        ("browse_counts", before[1], after[1]),
+        ("browse_scope_counts", before[2], after[2]),
+    ):
         if kept != fresh:
             extra, missing = sorted(kept - fresh)[:3], sorted(fresh - kept)[:3]
             return f"{name} differs from a rebuild: stale {extra}, missing {missing}"

@@ -3,7 +3,8 @@
 Every query it builds starts from the browsable's access predicate, so items, totals, facet counts and
 search hits always agree and never include a row the caller cannot read. Facets are disjunctive: a field's
 counts ignore that field's own filter. Unfiltered totals and counted facets are read from the
-``browse_counts`` index (see :mod:`.indexes`); everything else is counted live, within a time budget.
+``browse_counts`` index (see :mod:`.indexes`), and a non-administrator's unfiltered tags facet from the
+counters by access scope (:mod:`.scopes`); everything else is counted live, within a time budget.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from sqlalchemy.orm import Session
 
 from concord_core.auth.principal import Principal
 from concord_core.browse.connection import AnySelect, Ordering, Page, count, paginate
-from concord_core.browse.indexes import BUCKET, INDEXED, TOTAL
+from concord_core.browse.indexes import BUCKET, INDEXED, ROLLED_UP, TOTAL
+from concord_core.browse.scopes import readable_scopes, scope_sum
 from concord_core.browse.source import Browsable, FilterKind
 from concord_core.db.engine import Database
-from concord_core.db.models import BrowseCount, EntityTag
+from concord_core.db.models import BrowseCount, BrowseScopeCount, EntityTag
 from concord_core.operators.errors import ErrorCode, OperatorError
 
 DEFAULT_FACET_VALUES = 20
@@ -237,7 +239,10 @@ class BrowseService:
         after: str | None = None,
         last: int | None = None,
         before: str | None = None,
+        columns: Sequence[str] | None = None,
     ) -> Page[Any]:
+        """A page of the rows the caller may read: the model's entities, or with ``columns`` (attribute
+        names of the model; its id is always included) plain rows of just those columns."""
         self._check(browsable, request)
         self._latency_first(session)
         query, rank = self._query(principal, browsable, request)
@@ -250,7 +255,12 @@ class BrowseService:
             key = browsable.column(browsable.sorts[sort])
             direction = "desc" if request.descending else "asc"
             ordering = Ordering(f"{sort}:{direction}", (key, browsable.column("id")), request.descending)
-        return paginate(session, query, ordering, first=first, after=after, last=last, before=before)
+        selected = None
+        if columns is not None:
+            selected = [browsable.column(name) for name in dict.fromkeys(["id", *columns])]
+        return paginate(
+            session, query, ordering, first=first, after=after, last=last, before=before, row_columns=selected
+        )
 
     # -- counting from browse_counts ------------------------------------------------------------------
 
@@ -400,6 +410,22 @@ class BrowseService:
             group = getattr(BrowseCount, facet.attribute)
             query = self._from_counters(principal, browsable, counters, group)
         elif counters is not None and counters.facet == TOTAL and facet.counted:
+            scopes = readable_scopes(principal, browsable)
+            if not counters.conditions and name in ROLLED_UP.get(browsable.name, ()) and scopes is not None:
+                # Nothing filters the rows but the access predicate: the tag counters of the scopes the
+                # caller reads (a few per tag), rather than those of every bucket.
+                n = scope_sum(scopes)
+                by_scope: AnySelect = (
+                    select(BrowseScopeCount.value.label("value"), n.label("n"))
+                    .where(
+                        BrowseScopeCount.source == browsable.name,
+                        BrowseScopeCount.facet == name,
+                        BrowseScopeCount.scope.in_(list(scopes)),
+                    )
+                    .group_by(BrowseScopeCount.value)
+                    .having(n > 0)
+                )
+                return by_scope, False
             # Nothing filters the rows but their buckets: the facet's own counters, by value.
             query = self._from_counters(
                 principal, browsable, _Counters(facet.name, None, counters.conditions), BrowseCount.value

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, inspect
+from sqlalchemy.orm import Mapper
 
 from concord_core.auth.policy import readable_filter
 from concord_core.auth.principal import Principal
@@ -71,6 +72,12 @@ class Browsable:
     def column(self, attribute: str) -> ColumnElement[Any]:
         column: ColumnElement[Any] = getattr(self.model, attribute)
         return column
+
+    @property
+    def attributes(self) -> list[str]:
+        """The names of all the model's column attributes (a whole row, as plain columns)."""
+        mapper: Mapper[Any] = inspect(self.model)
+        return [attribute.key for attribute in mapper.column_attrs]
 
     @property
     def counted_facets(self) -> list[Facet]:

@@ -471,3 +471,18 @@ class BrowseCount(Base):
     workspace_id: Mapped[str] = mapped_column(Id, primary_key=True)
     owner_id: Mapped[str] = mapped_column(Id, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class BrowseScopeCount(Base):
+    """browse_counts of the tags facet summed by access scope (public; an owner's rows that are not
+    public; a workspace's rows its members list; both of the last two) instead of by bucket, so a caller's
+    tags facet reads a few counters per tag (see concord_core.browse.scopes). Kept in the same
+    transaction as browse_counts."""
+
+    __tablename__ = "browse_scope_counts"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    facet: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(80), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)

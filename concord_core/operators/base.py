@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from concord_core.auth.policy import AccessDenied, Action, InstanceTarget, Owned, WorkspaceTarget, authorize
@@ -23,6 +25,7 @@ from concord_core.auth.principal import Principal
 from concord_core.browse import indexes as _browse_indexes  # noqa: F401  (its flush hook keeps them current)
 from concord_core.db.engine import Database
 from concord_core.db.models import AuditEntry, Workspace
+from concord_core.db.types import utcnow
 from concord_core.events.log import append_event
 from concord_core.observability.context import current
 from concord_core.observability.metrics import counter
@@ -92,6 +95,11 @@ class Change:
     #: A dry run: the transaction is rolled back and nothing (not even the audit entry) is recorded.
     dry_run: bool = False
 
+    @cached_property
+    def connection(self) -> Connection:
+        """The transaction's connection, for the write path's Core statements (asked of the session once)."""
+        return self.session.connection()
+
     def authorize(
         self,
         action: Action,
@@ -110,10 +118,13 @@ class Change:
             raise _Denied(exc, target_type, target_id, resource.workspace_id, field) from None
         if (
             isinstance(resource, WorkspaceTarget)
-            and self.session.get(Workspace, resource.workspace_id) is None
+            and self.ctx.principal.role_in(resource.workspace_id) is None
+            and self.session.scalar(_WORKSPACE_EXISTS, {"id": resource.workspace_id}) is None
         ):
             # Only an admin passes the policy for a workspace that does not exist; without this check the
-            # insert would fail on its foreign key as an internal error instead of NOT_FOUND.
+            # insert would fail on its foreign key as an internal error instead of NOT_FOUND. A role comes
+            # from a membership row read for this request, which refers to its workspace (a foreign key),
+            # and workspaces are never deleted: a workspace the principal belongs to needs no query.
             raise not_found("workspace", "workspaceId")
 
     def emit(
@@ -132,19 +143,16 @@ class Change:
 
     def _flush(self) -> None:
         request = current()
-        target_type, target_id, workspace_id = self.audit_target
-        self.session.add(
-            AuditEntry(
-                actor_id=self.ctx.principal.user_id,
-                action=self.action,
-                target_type=target_type,
-                target_id=target_id,
-                workspace_id=workspace_id,
-                request_id=request.request_id,
-                client_addr=request.client_addr,
-                outcome="allowed",
-                detail=self.audit_detail,
-            )
+        # The operator's ORM changes first: the audit row goes in with Core (the unit of work's bookkeeping
+        # costs more than the row), after the rows it may refer to.
+        self.session.flush()
+        _insert_audit(
+            self.connection,
+            actor_id=self.ctx.principal.user_id,
+            action=self.action,
+            target=self.audit_target,
+            outcome="allowed",
+            detail=self.audit_detail,
         )
         for pending in self.events:
             append_event(
@@ -201,21 +209,48 @@ def record_outcome(
     actor_id: str | None = None,
 ) -> None:
     """An audit row, in its own transaction, for an attempt that changed nothing (denial, failed sign-in)."""
-    request = current()
     with ctx.db.write() as session:
-        session.add(
-            AuditEntry(
-                actor_id=actor_id or ctx.principal.user_id,
-                action=action,
-                target_type=target[0],
-                target_id=target[1],
-                workspace_id=target[2],
-                request_id=request.request_id,
-                client_addr=request.client_addr,
-                outcome=outcome,
-                detail=detail,
-            )
+        _insert_audit(
+            session.connection(),
+            actor_id=actor_id or ctx.principal.user_id,
+            action=action,
+            target=target,
+            outcome=outcome,
+            detail=detail,
         )
+
+
+_WORKSPACES = Workspace.metadata.tables["workspaces"]
+_WORKSPACE_EXISTS = select(_WORKSPACES.c.id).where(_WORKSPACES.c.id == bindparam("id"))
+_INSERT_AUDIT = insert(AuditEntry.metadata.tables["audit_log"])
+
+
+def _insert_audit(
+    connection: Connection,
+    *,
+    actor_id: str | None,
+    action: str,
+    target: tuple[str | None, str | None, str | None],
+    outcome: str,
+    detail: dict[str, Any],
+) -> None:
+    """One audit row, written at once on the transaction's connection."""
+    request = current()
+    connection.execute(
+        _INSERT_AUDIT,
+        {
+            "created_at": utcnow(),
+            "actor_id": actor_id,
+            "action": action,
+            "target_type": target[0],
+            "target_id": target[1],
+            "workspace_id": target[2],
+            "request_id": request.request_id,
+            "client_addr": request.client_addr,
+            "outcome": outcome,
+            "detail": detail,
+        },
+    )
 
 
 def record_denial(

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from concord_core.auth.policy import AccessDenied, Action, Visibility, WorkspaceTarget, authorize, can_read
-from concord_core.db.models import Dtu, DtuCitation, DtuVersion
+from concord_core.browse.indexes import index_inserted
+from concord_core.db.models import Dtu, DtuVersion
 from concord_core.db.snapshots import DTU_FIELDS, dtu_snapshot
-from concord_core.db.types import utcnow
+from concord_core.db.types import new_id, utcnow
 from concord_core.events.log import canonical_json
 from concord_core.operators.base import Change, OperationContext, validate, write
 from concord_core.operators.errors import ErrorCode, FieldError, OperatorError, not_found
@@ -156,26 +157,42 @@ def _check_citations(change: Change, dtu_id: str, mode: str, citations: list[str
     return errors
 
 
+_DTUS = Dtu.metadata.tables["dtus"]
+_VERSIONS = Dtu.metadata.tables["dtu_versions"]
+_CITATIONS = Dtu.metadata.tables["dtu_citations"]
+# Built once: SQLAlchemy then finds their compiled form in its cache without building a statement per write.
+_INSERT_DTU = insert(_DTUS)
+_INSERT_VERSION = insert(_VERSIONS)
+_INSERT_CITATIONS = insert(_CITATIONS)
+_DELETE_CITATIONS = delete(_CITATIONS).where(_CITATIONS.c.citing_id == bindparam("citing_id"))
+
+
 def _record(change: Change, dtu: Dtu, change_kind: str, event_type: str, **extra: Any) -> None:
-    """Write the version row, the event with the full new state, and the audit target."""
+    """Write the version row, the event with the full new state, and the audit target.
+
+    The version and citation rows are Core inserts: the unit of work would only add bookkeeping. A DTU
+    changed through the session is flushed first, so those rows follow its own."""
     change.session.flush()
-    change.session.add(
-        DtuVersion(
-            dtu_id=dtu.id,
-            version=dtu.version,
-            workspace_id=dtu.workspace_id,
-            owner_id=dtu.owner_id,
-            actor_id=change.ctx.principal.user_id,
-            change=change_kind,
-            created_at=dtu.updated_at,
+    connection = change.connection
+    connection.execute(
+        _INSERT_VERSION,
+        {
+            "dtu_id": dtu.id,
+            "version": dtu.version,
+            "workspace_id": dtu.workspace_id,
+            "owner_id": dtu.owner_id,
+            "actor_id": change.ctx.principal.user_id,
+            "change": change_kind,
+            "created_at": dtu.updated_at,
             **{name: getattr(dtu, name) for name in DTU_FIELDS},
-        )
+        },
     )
     if change_kind != "created":  # a DTU created in this transaction has no citation rows yet
-        change.session.execute(delete(DtuCitation).where(DtuCitation.citing_id == dtu.id))
+        connection.execute(_DELETE_CITATIONS, {"citing_id": dtu.id})
     if dtu.citations:
-        change.session.execute(
-            insert(DtuCitation), [{"citing_id": dtu.id, "cited_id": c} for c in dtu.citations]
+        connection.execute(
+            _INSERT_CITATIONS,
+            [{"citing_id": dtu.id, "cited_id": c} for c in dtu.citations],
         )
     change.emit(
         event_type,
@@ -195,7 +212,10 @@ def create_dtu(ctx: OperationContext, data: dict[str, Any]) -> Dtu:
     with write(ctx, "dtu.create") as change:
         change.authorize(Action.CREATE, WorkspaceTarget(workspace_id), "workspace", workspace_id)
         now = utcnow()
+        # Never added to the session: its row is one Core insert (below), and this object carries the
+        # values back to the caller exactly as the unit of work would have left them.
         dtu = Dtu(
+            id=new_id(),
             workspace_id=workspace_id,
             owner_id=ctx.principal.user_id,
             visibility=request.visibility.value,
@@ -207,11 +227,12 @@ def create_dtu(ctx: OperationContext, data: dict[str, Any]) -> Dtu:
             content_hash=content_hash(state),
             **state,
         )
-        change.session.add(dtu)
-        change.session.flush()
         errors = _check_citations(change, dtu.id, dtu.citation_mode, dtu.citations)
         if errors:
             raise OperatorError(errors)
+        connection = change.connection
+        connection.execute(_INSERT_DTU, {column.key: getattr(dtu, column.key) for column in _DTUS.columns})
+        index_inserted(connection, dtu)
         _record(change, dtu, "created", "DTU_CREATED")
     return dtu
 

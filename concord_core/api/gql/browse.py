@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
 import strawberry
 
 from concord_core.api.gql.artifacts import Artifact
-from concord_core.api.gql.connections import BrowseScope, Connection
+from concord_core.api.gql.connections import BrowseScope, Connection, columns_for, item_fields
 from concord_core.api.gql.context import GqlInfo
-from concord_core.api.gql.dtus import Dtu
+from concord_core.api.gql.dtus import DTU_COLUMNS, Dtu
 from concord_core.api.gql.ids import expect_global_id
 from concord_core.auth.policy import Visibility
 from concord_core.browse.service import RELEVANCE, BrowseRequest, FilterValue, RangeFilter, TagFilter
@@ -123,13 +123,31 @@ async def browse_connection(
     after: str | None,
     last: int | None,
     before: str | None,
+    columns: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Connection[NodeT]:
-    """One page of ``browsable`` for the caller, as a connection (totalCount and facets on demand)."""
+    """One page of ``browsable`` for the caller, as a connection (totalCount and facets on demand).
+
+    ``to_node`` makes an item of a row: the model's entity, or, given ``columns`` (the node type's field
+    names -> the model attributes each reads), a plain row of only the columns the query's items select
+    (all of them when it selects a field ``columns`` does not name)."""
     principal = info.context.principal
     browse = info.context.runtime.browse
+    wanted = None
+    if columns is not None:
+        wanted = columns_for(item_fields(info), columns)
+        if wanted is None:
+            wanted = browsable.attributes
     page = await info.context.read(
         lambda session: browse.page(
-            session, principal, browsable, request, first=first, after=after, last=last, before=before
+            session,
+            principal,
+            browsable,
+            request,
+            first=first,
+            after=after,
+            last=last,
+            before=before,
+            columns=wanted,
         )
     )
     return Connection.from_page(page, BrowseScope(principal, browsable, request), to_node)
@@ -154,7 +172,15 @@ class GlobalQueries:
     ) -> Connection[Dtu]:
         request = browse_request(filter, search, order_by)
         return await browse_connection(
-            info, DTUS, request, Dtu.from_row, first=first, after=after, last=last, before=before
+            info,
+            DTUS,
+            request,
+            Dtu.from_row,
+            first=first,
+            after=after,
+            last=last,
+            before=before,
+            columns=DTU_COLUMNS,
         )
 
     @strawberry.field(

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -15,8 +15,73 @@ from concord_core.auth.principal import Principal
 from concord_core.browse.connection import Page
 from concord_core.browse.service import DEFAULT_FACET_VALUES, BrowseRequest, FacetResult
 from concord_core.browse.source import Browsable
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    InlineFragmentNode,
+    SelectionSetNode,
+)
 
 NodeT = TypeVar("NodeT")
+
+#: A connection's fields that hold its items: ``nodes``, and ``node`` within ``edges``.
+ITEMS, EDGES, EDGE_NODE = "nodes", "edges", "node"
+
+
+def _flatten(
+    selection_set: SelectionSetNode | None, fragments: Mapping[str, FragmentDefinitionNode]
+) -> list[FieldNode]:
+    """The fields of one selection set, through inline fragments and fragment spreads (each fragment
+    expanded once, so fragments spreading fragments cost what the document holds, not what it would
+    expand to). Directives are ignored: a field that @skip leaves out still counts as selected."""
+    found: list[FieldNode] = []
+    seen: set[str] = set()
+    pending: list[SelectionSetNode] = [selection_set] if selection_set is not None else []
+    while pending:
+        for node in pending.pop().selections:
+            if isinstance(node, FieldNode):
+                found.append(node)
+            elif isinstance(node, InlineFragmentNode):
+                pending.append(node.selection_set)
+            elif isinstance(node, FragmentSpreadNode) and node.name.value not in seen:
+                seen.add(node.name.value)
+                fragment = fragments.get(node.name.value)
+                if fragment is not None:
+                    pending.append(fragment.selection_set)
+    return found
+
+
+def item_fields(info: GqlInfo) -> set[str]:
+    """The names of the fields the query selects on a connection's items (the connection being the field
+    ``info`` resolves), under ``nodes`` and ``edges { node }``, whatever the aliases and fragments."""
+    raw = info._raw_info
+    fragments = raw.fragments
+    names: set[str] = set()
+    for connection in raw.field_nodes:
+        for field in _flatten(connection.selection_set, fragments):
+            if field.name.value == ITEMS:
+                items: Iterable[FieldNode] = [field]
+            elif field.name.value == EDGES:
+                items = (f for f in _flatten(field.selection_set, fragments) if f.name.value == EDGE_NODE)
+            else:
+                continue
+            for item in items:
+                names.update(f.name.value for f in _flatten(item.selection_set, fragments))
+    return names
+
+
+def columns_for(fields: Iterable[str], columns: Mapping[str, tuple[str, ...]]) -> list[str] | None:
+    """The model attributes that items showing ``fields`` need, by ``columns`` (a node type's field name
+    -> the attributes it reads); None (every column) if a field is not in ``columns``."""
+    needed: dict[str, None] = {}
+    for name in fields:
+        read = columns.get(name)
+        if read is None:
+            return None
+        needed.update(dict.fromkeys(read))
+    return list(needed)
+
 
 #: Facets whose values are row ids, shown to clients as global ids of these types.
 ID_FACETS = {"workspace": "Workspace", "owner": "User"}

@@ -7,6 +7,8 @@ is refused before any resolver runs; every response to a document that parses re
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -111,6 +113,44 @@ class _Costing:
         return 1 + size * self.selection(node.selection_set, returns, seen)
 
 
+class CostCache:
+    """Costs already worked out, by document, operation and the variables that can give a page size
+    (integers); least recently used ones are dropped past ``size``. Only documents whose text is at most
+    ``max_chars`` long are kept (as the parse cache keeps them).
+
+    A document is recognised by identity: the parse cache hands out the same document for the same text,
+    so a client's few operations are costed once each. Each entry holds its document, so the id in its key
+    cannot be reused by another document while the entry lives.
+    """
+
+    def __init__(self, size: int, max_chars: int) -> None:
+        self.size = size
+        self.max_chars = max_chars
+        self._costs: OrderedDict[tuple[Any, ...], tuple[DocumentNode, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cost(
+        self,
+        schema: GraphQLSchema,
+        document: DocumentNode,
+        operation_name: str | None,
+        variables: Mapping[str, Any],
+    ) -> int:
+        sizes = tuple(sorted((name, v) for name, v in variables.items() if isinstance(v, int)))
+        key = (id(document), operation_name, sizes)
+        with self._lock:
+            found = self._costs.get(key)
+            if found is not None and found[0] is document:
+                self._costs.move_to_end(key)
+                return found[1]
+        cost = operation_cost(schema, document, operation_name, variables)
+        with self._lock:
+            self._costs[key] = (document, cost)
+            while len(self._costs) > self.size:
+                self._costs.popitem(last=False)
+        return cost
+
+
 def operation_cost(
     schema: GraphQLSchema, document: DocumentNode, operation_name: str | None, variables: Mapping[str, Any]
 ) -> int:
@@ -124,8 +164,12 @@ def operation_cost(
 
 
 class QueryCost(SchemaExtension):
-    def __init__(self, *, limit: int = MAX_COST) -> None:
+    """Refuse operations costing more than ``limit``; with ``cache`` (one per schema, shared by its
+    requests), each document's cost is worked out once per operation and page sizes."""
+
+    def __init__(self, *, limit: int = MAX_COST, cache: CostCache | None = None) -> None:
         self.limit = limit
+        self.cache = cache
         self.cost: int | None = None
 
     def on_validate(self) -> Iterator[None]:
@@ -133,7 +177,11 @@ class QueryCost(SchemaExtension):
         # many aliases) reports its cost too.
         context = self.execution_context
         if context.graphql_document is not None:
-            self.cost = operation_cost(
+            cache = self.cache
+            cost = operation_cost
+            if cache is not None and len(context.query or "") <= cache.max_chars:
+                cost = cache.cost
+            self.cost = cost(
                 context.schema._schema,
                 context.graphql_document,
                 context.operation_name,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, cast
 
 import strawberry
+from sqlalchemy import Row
 from strawberry.scalars import JSON
 from strawberry.utils.str_converters import to_camel_case
 
@@ -48,12 +51,18 @@ class CoreLayer:
     next_actions: list[str]
 
 
+# A stored layer holds what was given; the rest are these defaults (made once: the lists in them are
+# shared by every layer built from them and never changed).
+_HUMAN_DEFAULTS = ops.HumanLayer().model_dump()
+_CORE_DEFAULTS = ops.CoreLayer().model_dump()
+
+
 def _human(data: dict[str, Any]) -> HumanLayer:
-    return HumanLayer(**{**ops.HumanLayer().model_dump(), **data})
+    return HumanLayer(**{**_HUMAN_DEFAULTS, **data})
 
 
 def _core(data: dict[str, Any]) -> CoreLayer:
-    return CoreLayer(**{**ops.CoreLayer().model_dump(), **data})
+    return CoreLayer(**{**_CORE_DEFAULTS, **data})
 
 
 @strawberry.type
@@ -131,30 +140,50 @@ class Dtu(Node):
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row: models.Dtu) -> Dtu:
+    def from_row(cls, row: models.Dtu | Row[Any]) -> Dtu:
+        """A DTU from its model, or from a plain row of some of its columns (a page's, which fetched
+        only the columns of the fields its query selects, see DTU_COLUMNS; the id always). A field whose
+        column a row lacks is None: the query did not select it, so nothing reads it."""
+        # A dict's get: a row's own raises and catches inside for a column it lacks, ten times slower.
+        get: Callable[[str], Any] = (
+            partial(getattr, row) if isinstance(row, models.Dtu) else row._asdict().get
+        )
+        key, merged_into, owner, workspace = (
+            get("id"),
+            get("merged_into_id"),
+            get("owner_id"),
+            get("workspace_id"),
+        )
+        human, core, tier, visibility, mode = (
+            get("human"),
+            get("core"),
+            get("tier"),
+            get("visibility"),
+            get("citation_mode"),
+        )
         return cls(
-            id=strawberry.ID(to_global_id("Dtu", row.id)),
-            key=row.id,
-            title=row.title,
-            human=_human(row.human),
-            core=_core(row.core),
-            machine=cast(JSON, row.machine),
-            tags=row.tags,
-            tier=ops.Tier(row.tier),
-            type=row.dtu_type,
-            visibility=Visibility(row.visibility),
-            citation_mode=ops.CitationMode(row.citation_mode),
-            citation_keys=row.citations,
-            status=row.status,
-            merged_into_id=strawberry.ID(to_global_id("Dtu", row.merged_into_id))
-            if row.merged_into_id
-            else None,
-            content_hash=row.content_hash,
-            version=row.version,
-            owner_id=strawberry.ID(to_global_id("User", row.owner_id)),
-            workspace_id=strawberry.ID(to_global_id("Workspace", row.workspace_id)),
-            created_at=row.created_at,
-            updated_at=row.updated_at,
+            id=strawberry.ID(to_global_id("Dtu", key)),
+            key=key,
+            title=get("title"),
+            human=_human(human) if human is not None else cast(HumanLayer, None),
+            core=_core(core) if core is not None else cast(CoreLayer, None),
+            machine=cast(JSON, get("machine")),
+            tags=get("tags"),
+            tier=ops.Tier(tier) if tier is not None else cast(ops.Tier, None),
+            type=get("dtu_type"),
+            visibility=Visibility(visibility) if visibility is not None else cast(Visibility, None),
+            citation_mode=ops.CitationMode(mode) if mode is not None else cast(ops.CitationMode, None),
+            citation_keys=get("citations"),
+            status=get("status"),
+            merged_into_id=strawberry.ID(to_global_id("Dtu", merged_into)) if merged_into else None,
+            content_hash=get("content_hash"),
+            version=get("version"),
+            owner_id=strawberry.ID(to_global_id("User", owner)) if owner else cast(strawberry.ID, None),
+            workspace_id=strawberry.ID(to_global_id("Workspace", workspace))
+            if workspace
+            else cast(strawberry.ID, None),
+            created_at=get("created_at"),
+            updated_at=get("updated_at"),
         )
 
     @strawberry.field(description="The DTUs this one cites that you can read.")
@@ -164,6 +193,33 @@ class Dtu(Node):
     @strawberry.field(description="Every version of this DTU, oldest first.")
     async def history(self, info: GqlInfo) -> list[DtuVersion]:
         return [DtuVersion.from_row(row) for row in await info.context.loaders.dtu_versions.load(self.key)]
+
+
+#: The columns of ``dtus`` each field of Dtu reads: a page of DTUs fetches only those of the fields its
+#: query selects (a field missing here fetches every column).
+DTU_COLUMNS: dict[str, tuple[str, ...]] = {
+    "__typename": (),
+    "id": ("id",),
+    "title": ("title",),
+    "human": ("human",),
+    "core": ("core",),
+    "machine": ("machine",),
+    "tags": ("tags",),
+    "tier": ("tier",),
+    "type": ("dtu_type",),
+    "visibility": ("visibility",),
+    "citationMode": ("citation_mode",),
+    "citations": ("citations",),
+    "status": ("status",),
+    "mergedIntoId": ("merged_into_id",),
+    "contentHash": ("content_hash",),
+    "version": ("version",),
+    "ownerId": ("owner_id",),
+    "workspaceId": ("workspace_id",),
+    "createdAt": ("created_at",),
+    "updatedAt": ("updated_at",),
+    "history": ("id",),
+}
 
 
 @strawberry.input

@@ -18,7 +18,7 @@ from concord_core.api.gql.accounts import AccountMutations, AccountQueries
 from concord_core.api.gql.artifacts import ArtifactMutations, ArtifactQueries
 from concord_core.api.gql.browse import GlobalQueries
 from concord_core.api.gql.context import GqlInfo
-from concord_core.api.gql.cost import QueryCost
+from concord_core.api.gql.cost import CostCache, QueryCost
 from concord_core.api.gql.dtus import DtuMutations, DtuQueries
 from concord_core.api.gql.errors import ErrorShaping
 from concord_core.api.gql.jobs import JobMutations, JobQueries, JobSubscriptions
@@ -199,7 +199,8 @@ def build_schema(lenses: LensRegistry) -> strawberry.Schema:
         extensions=[
             ErrorShaping,
             partial(LensAttribution, owners=owners),
-            QueryCost,
+            # Costed once per document, operation and page sizes (documents come from the parse cache).
+            partial(QueryCost, cache=CostCache(DOCUMENT_CACHE_SIZE, MAX_CACHED_DOCUMENT_CHARS)),
             # Depth and aliases in one rule that walks each fragment once (strawberry's limiters expand
             # every spread, exponential in fragments spreading fragments); the class is made once, so
             # the validation cache below recognises every request's rules as the same.
