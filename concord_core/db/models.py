@@ -332,7 +332,7 @@ class EventOutbox(Base):
     """Events committed by their transactions but not yet sealed into the log (PostgreSQL only).
 
     A transaction that finds the chain busy stages its event here, under no lock on the chain, so such
-    transactions commit concurrently; sealing (``concord_seal_events``, migration 0006) moves committed
+    transactions commit concurrently; sealing (``concord_seal_events``, migration 0007) moves committed
     rows into ``events`` in ``id`` order, numbering and hashing them. The content columns are those of
     :class:`Event`; ``id`` only orders the rows. The event's hash will be SHA-256 of the previous hash,
     ``hashed_before_seq``, its sequence number and ``hashed_after_seq``: the text that

@@ -30,7 +30,7 @@ it and finding nothing to do costs no fsync), and an append, one statement eithe
   chain lock and seals every committed outbox row, its own and the others', so under contention one
   commit seals many appends.
 
-*Sealing* is ``concord_seal_events`` (migration 0006), one statement in a transaction of its own: under the
+*Sealing* is ``concord_seal_events`` (migration 0007), one statement in a transaction of its own: under the
 chain lock, with a snapshot taken after the lock (so it sees what every earlier sealer committed), it moves
 the committed outbox rows into ``events`` in outbox ``id`` order, numbering them from the head and hashing
 each with the same format as the direct path and :func:`event_hash` (so :func:`verify_chain` and logs
@@ -237,7 +237,7 @@ _EVENTS = Event.metadata.tables["events"]
 _HEAD = Event.metadata.tables["event_head"]
 
 #: The advisory lock key of the chain (per database): "concord" in ASCII. ``concord_seal_events``
-#: (migration 0006) takes the same key.
+#: (migration 0007) takes the same key.
 CHAIN_LOCK = 0x636F6E636F7264
 #: ``session.info`` key: (the transaction, the outbox ids it staged).
 _STAGED = "concord_staged_events"

@@ -1,7 +1,7 @@
 """event outbox: events committed but not yet sealed into the hash chain
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-02
 
 On PostgreSQL a transaction that finds the chain busy stages its event in ``event_outbox`` instead of
@@ -21,8 +21,8 @@ from sqlalchemy.dialects import postgresql
 
 import concord_core.db.types
 
-revision: str = "0006"
-down_revision: str | Sequence[str] | None = "0005"
+revision: str = "0007"
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
