@@ -1,4 +1,5 @@
-"""Crash safety: SIGKILL a real ``concord serve`` mid-upload and mid-edit-loop, restart it, check the state.
+"""Crash safety: SIGKILL a real ``concord serve`` mid-upload, mid-edit-loop and (PostgreSQL) between the
+commit of a staged event and its seal, restart it, check the state.
 
 Issue "Bad input and crashes": after the restart every acknowledged edit is there, no partial artifact is
 visible, and ``concord events verify`` and ``concord replay --verify`` pass. Each test runs on SQLite and
@@ -16,17 +17,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from authz import key_of
 from procs import Server, run_cli, server_env, start_server
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from concord_core.db import models
 from concord_core.db.engine import Database
+from concord_core.events.log import CHAIN_LOCK
 from concord_core.storage import LocalStore
 
 pytestmark = pytest.mark.slow
@@ -377,3 +381,69 @@ def test_sigkill_during_edit_loop_keeps_every_acknowledged_edit(deployment: Depl
             assert edited["errors"] == [] and edited["dtu"]["version"] == dtu["version"] + 1
 
     deployment.assert_log_consistent()
+
+
+# --- killed between the commit of a staged event and its seal (PostgreSQL) ---------------------------
+
+
+def test_sigkill_between_commit_and_seal_loses_no_event(deployment: Deployment) -> None:
+    """On PostgreSQL an edit that finds the chain busy stages its event, commits, then seals it. The test
+    holds the chain lock so the server commits the edit and waits to seal; it kills the server there and
+    ends the server's waiting statement, so the event is committed but in no log. The next start seals it,
+    and ``events verify`` / ``replay --verify`` pass."""
+    if not deployment.database_url.startswith("postgresql"):
+        pytest.skip("SQLite serializes writers itself: an event is never staged")
+    server = deployment.start()
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        dtu = graphql(client, CREATE_DTU, {"input": {"title": "v1"}})["createDtu"]["dtu"]
+    key = key_of(dtu["id"])
+    db = Database(deployment.database_url)
+    try:
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": CHAIN_LOCK})
+
+            def edit() -> None:
+                variables = {"input": {"id": dtu["id"], "expectedVersion": 1, "title": "v2"}}
+                with httpx.Client(base_url=server.url, timeout=60) as client, suppress(httpx.TransportError):
+                    client.post("/graphql", json={"query": EDIT_DTU, "variables": variables})
+
+            editor = threading.Thread(target=edit, daemon=True)
+            editor.start()
+            deadline = time.monotonic() + 30
+            while not holder.execute(SEAL_WAITERS).all():
+                assert time.monotonic() < deadline, "the edit never came to wait for its seal"
+                time.sleep(0.02)
+            server.kill()
+            # The server's seal statement was sent before the kill; a process killed a moment earlier
+            # would not have sent it. End it, as the server going away before sending it would.
+            for (pid,) in holder.execute(SEAL_WAITERS).all():
+                holder.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": CHAIN_LOCK})
+            editor.join(30)
+
+        def dtu_events() -> list[str]:
+            with db.read() as session:
+                query = select(models.Event.event_type).where(models.Event.entity_id == key)
+                return list(session.scalars(query.order_by(models.Event.seq)))
+
+        def outbox() -> int:
+            with db.read() as session:
+                return session.scalar(select(func.count()).select_from(models.EventOutbox)) or 0
+
+        with db.read() as session:
+            assert session.scalar(text("SELECT version FROM dtus WHERE id = :id"), {"id": key}) == 2
+        assert (dtu_events(), outbox()) == (["DTU_CREATED"], 1)  # committed, not in the log
+
+        restarted = deployment.start()
+        assert (dtu_events(), outbox()) == (["DTU_CREATED", "DTU_EDITED"], 0)
+        assert "sealed 1 event(s) left in the outbox" in restarted.log()  # at start-up, before serving
+        deployment.assert_log_consistent()
+    finally:
+        db.dispose()
+
+
+# Server processes waiting for the chain lock (the killed server's seal, and its maintenance loop's).
+SEAL_WAITERS = text(
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+)

@@ -1,13 +1,16 @@
 """The event log and the audit log: request ids carried from the HTTP header into events and audit rows,
-the hash chain (and `concord events verify` finding tampering), `concord replay --verify`, and sequence =
-commit order when many threads write at once. Every test runs on SQLite and PostgreSQL."""
+the hash chain (and `concord events verify` finding tampering), `concord replay --verify`, and the log's
+order when many threads write at once. Every test runs on SQLite and PostgreSQL; the tests of events
+staged in the outbox (PostgreSQL's way past the commit floor, `concord_core.events.log`) skip SQLite,
+which serializes writers and never stages."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,13 @@ from sqlalchemy.orm import Session
 
 from concord_core.api.runtime import Runtime
 from concord_core.cli.main import main
-from concord_core.db.models import AuditEntry, DtuVersion, Event
-from concord_core.events.log import verify_chain
+from concord_core.db.engine import Database
+from concord_core.db.models import AuditEntry, DtuVersion, Event, EventOutbox
+from concord_core.events.log import CHAIN_LOCK, append_event, seal_pending, verify_chain
 from concord_core.events.replay import verify_replay
 from concord_core.observability.context import bind
 from concord_core.operators import dtus as dtu_ops
+from concord_core.operators.errors import OperatorError
 
 MUTATIONS = {
     "create": "mutation($i: CreateDtuInput!) { createDtu(input: $i) { dtu { id version } errors { code } } }",
@@ -348,3 +353,220 @@ def test_sequence_is_commit_order_under_concurrency(runtime: Runtime) -> None:
     for event in events:
         n, i = event.payload["dtu"]["title"].split("-")
         assert event.request_id == f"writer-{n}-{i}"
+
+
+# --- events staged in the outbox (PostgreSQL) --------------------------------------------------------
+
+
+def postgres_only(runtime: Runtime) -> None:
+    if not runtime.db.is_postgres:
+        pytest.skip("SQLite serializes writers itself: an event is never staged")
+
+
+@contextmanager
+def chain_held(db: Database) -> Iterator[None]:
+    """Hold the chain lock from a connection of the test's own: meanwhile every append is staged, and
+    every seal waits."""
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": CHAIN_LOCK})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": CHAIN_LOCK})
+
+
+def outbox_size(db: Database) -> int:
+    with db.read() as session:
+        return session.scalar(select(func.count()).select_from(EventOutbox)) or 0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def dtu_version(db: Database, dtu_id: str) -> int:
+    with db.read() as session:
+        return int(session.scalar(text("SELECT version FROM dtus WHERE id = :id"), {"id": dtu_id}))
+
+
+def test_staged_edits_keep_their_order_and_are_in_the_log_when_the_write_returns(runtime: Runtime) -> None:
+    postgres_only(runtime)
+    db = runtime.db
+    ctx = runtime.operation_context(runtime.principal_for_user(runtime.local_owner_id or ""))
+    dtu = dtu_ops.create_dtu(ctx, {"title": "v1"})  # chain free, outbox empty: appended directly
+    assert outbox_size(db) == 0
+    failures: list[BaseException] = []
+    logged_on_return: dict[str, bool] = {}
+
+    def edit(version: int) -> None:
+        request_id = f"edit-to-{version + 1}"
+        try:
+            with bind(request_id=request_id):
+                dtu_ops.edit_dtu(ctx, {"id": dtu.id, "expected_version": version, "title": f"v{version + 1}"})
+            with db.read() as session:
+                logged_on_return[request_id] = (
+                    session.scalar(select(func.count()).where(Event.request_id == request_id)) == 1
+                )
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=edit, args=(version,)) for version in (1, 2)]
+    with chain_held(db):
+        # The first edit commits (its event staged), then waits to seal; the second reads what the first
+        # committed, before that is sealed, and stages its own event after it.
+        threads[0].start()
+        wait_until(lambda: dtu_version(db, dtu.id) == 2 and outbox_size(db) == 1, "the first edit's commit")
+        threads[1].start()
+        wait_until(lambda: dtu_version(db, dtu.id) == 3 and outbox_size(db) == 2, "the second edit's commit")
+        # Neither write has returned: a write returns once its events are in the log.
+        assert all(thread.is_alive() for thread in threads)
+        with db.read() as session:
+            assert session.scalar(select(func.count()).where(Event.entity_id == dtu.id)) == 1
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a write never returned"
+    assert failures == []
+    assert logged_on_return == {"edit-to-2": True, "edit-to-3": True}
+    assert outbox_size(db) == 0
+    with db.read() as session:
+        events = session.scalars(select(Event).where(Event.entity_id == dtu.id).order_by(Event.seq)).all()
+        assert [(e.event_type, e.payload["dtu"]["version"]) for e in events] == [
+            ("DTU_CREATED", 1),
+            ("DTU_EDITED", 2),
+            ("DTU_EDITED", 3),
+        ]
+        assert verify_chain(session).ok
+        assert verify_replay(session).ok
+
+
+def test_concurrent_edits_of_one_dtu_appear_in_version_order(runtime: Runtime) -> None:
+    """Writers edit the same DTUs as fast as they can, so appends go direct and staged at random; in the
+    log every DTU's versions still come in order, and replay rebuilds the tables."""
+    ctx = runtime.operation_context(runtime.principal_for_user(runtime.local_owner_id or ""))
+    dtus = [dtu_ops.create_dtu(ctx, {"title": f"shared {n}"}).id for n in range(2)]
+    threads, edits = 6, 8
+    failures: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def writer(n: int) -> None:
+        try:
+            barrier.wait()
+            done = 0
+            while done < edits:
+                dtu_id = dtus[(n + done) % len(dtus)]
+                try:
+                    version = dtu_version(runtime.db, dtu_id)
+                    dtu_ops.edit_dtu(
+                        ctx, {"id": dtu_id, "expected_version": version, "title": f"w{n} e{done}"}
+                    )
+                    done += 1
+                except OperatorError:  # another writer got there first: reload and retry
+                    continue
+        except BaseException as exc:
+            failures.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in workers), "deadlock"
+    assert failures == []
+    assert outbox_size(runtime.db) == 0
+    with runtime.db.read() as session:
+        for dtu_id in dtus:
+            versions = [
+                event.payload["dtu"]["version"]
+                for event in session.scalars(
+                    select(Event).where(Event.entity_id == dtu_id).order_by(Event.seq)
+                )
+            ]
+            assert versions == list(range(1, len(versions) + 1)), versions
+        assert sum(dtu_version(runtime.db, dtu_id) - 1 for dtu_id in dtus) == threads * edits
+        assert verify_chain(session).ok
+        assert verify_replay(session).ok
+
+
+def stage_without_sealing(db: Database, n: int) -> None:
+    """Commit an event into the outbox and never seal it, as a process killed right after its commit
+    would (a session outside ``Database.write`` has no after-commit seal)."""
+    with chain_held(db), Session(db.engine) as session, session.begin():
+        staged = append_event(
+            session, event_type="TEST_LEFT_BEHIND", entity_type="test", entity_id=str(n), payload={"n": n}
+        )
+        assert staged is None
+
+
+def test_events_left_in_the_outbox_are_sealed_before_checks_and_by_maintenance(
+    runtime: Runtime, concord: Callable[..., tuple[int, str]]
+) -> None:
+    postgres_only(runtime)
+    db = runtime.db
+    dtu_ops.create_dtu(
+        runtime.operation_context(runtime.principal_for_user(runtime.local_owner_id or "")), {"title": "x"}
+    )
+    before = last_seq(runtime)
+
+    stage_without_sealing(db, 1)
+    assert (outbox_size(db), last_seq(runtime)) == (1, before)
+    code, out = concord("events", "verify")
+    assert code == 0, out
+    assert f"intact: {before + 1} events" in out
+    assert outbox_size(db) == 0
+
+    stage_without_sealing(db, 2)
+    code, out = concord("replay", "--verify")
+    assert code == 0, out
+    assert (outbox_size(db), last_seq(runtime)) == (0, before + 2)
+
+    stage_without_sealing(db, 3)
+    stage_without_sealing(db, 4)
+    runtime.jobs.maintenance.sweep()
+    assert (outbox_size(db), last_seq(runtime)) == (0, before + 4)
+    assert seal_pending(db) == 0  # nothing left
+    with db.read() as session:
+        tail = session.scalars(select(Event).where(Event.seq > before).order_by(Event.seq)).all()
+        assert [event.payload["n"] for event in tail] == [1, 2, 3, 4]
+        assert verify_chain(session).ok
+
+
+def test_a_write_inside_another_seals_after_the_outer_one(runtime: Runtime) -> None:
+    """The outer transaction appends directly and keeps the chain lock until it ends; a write opened inside
+    it stages, and its seal (which would wait for that lock forever) runs once the outer write is done."""
+    postgres_only(runtime)
+    db = runtime.db
+    failures: list[BaseException] = []
+    paths: list[str] = []
+
+    def nested() -> None:
+        try:
+            with db.write() as outer:
+                direct = append_event(
+                    outer, event_type="TEST_OUTER", entity_type="test", entity_id="o", payload={}
+                )
+                paths.append("direct" if direct is not None else "staged")
+                with db.write() as inner:
+                    staged = append_event(
+                        inner, event_type="TEST_INNER", entity_type="test", entity_id="i", payload={}
+                    )
+                    paths.append("direct" if staged is not None else "staged")
+                assert outbox_size(db) == 1  # committed, not sealed yet
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=nested)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the inner write waited for the outer one's chain lock"
+    assert failures == []
+    assert paths == ["direct", "staged"]
+    assert outbox_size(db) == 0
+    with db.read() as session:
+        types = session.scalars(
+            select(Event.event_type).where(Event.entity_type == "test").order_by(Event.seq)
+        )
+        assert list(types) == ["TEST_OUTER", "TEST_INNER"]
+        assert verify_chain(session).ok

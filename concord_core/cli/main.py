@@ -31,8 +31,10 @@ class NotMigrated(Exception):
 
 @contextmanager
 def _migrated_session(settings: Settings) -> Iterator[Session]:
-    """A read session on a database at the code's schema; NotMigrated (a readable message) otherwise."""
+    """A read session on a database at the code's schema, its event log sealed first (events a process left
+    staged when it died are part of the log that is checked); NotMigrated (a readable message) otherwise."""
     from concord_core.db.migrate import SchemaTooNew, status
+    from concord_core.events.log import seal_pending
 
     db = _database(settings)
     try:
@@ -44,6 +46,7 @@ def _migrated_session(settings: Settings) -> Iterator[Session]:
             raise NotMigrated(
                 f"the database is at {state.current or 'no schema'}, not {state.head}: run `concord migrate`"
             )
+        seal_pending(db)
         with db.read() as session:
             yield session
     finally:
@@ -57,6 +60,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from concord_core.api.gql.schema import load_lenses
     from concord_core.api.runtime import Runtime
     from concord_core.db.migrate import SchemaTooNew, upgrade
+    from concord_core.events.log import seal_pending
     from concord_core.observability.logging import configure_logging
     from concord_core.plugins.registry import InvalidLenses
 
@@ -92,6 +96,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             f"concord: migrated the database from {before.current or 'empty'} to {before.head}",
             file=sys.stderr,
         )
+    # Events a process committed but did not live to seal join the log before anything is served.
+    sealed = seal_pending(runtime.db)
+    if sealed:
+        print(f"concord: sealed {sealed} event(s) left in the outbox", file=sys.stderr)
     workers = args.workers or 1
     if workers > 1:
         # Each worker process opens its own runtime (serve_app); the parent has migrated the database and

@@ -2,15 +2,17 @@
 
 Writes go through :meth:`Database.write`: one transaction, committed or rolled back as a whole. On SQLite a
 write transaction starts with ``BEGIN IMMEDIATE`` so two writers never deadlock on lock upgrade; readers use
-a plain ``BEGIN`` and, with WAL, never block writers.
+a plain ``BEGIN`` and, with WAL, never block writers. Work that must follow a commit before the write
+returns (sealing the events a PostgreSQL transaction staged: :mod:`concord_core.events.log`) is registered
+on the session with :func:`after_commit`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 WRITE_OPTION = "concord_write"
+#: ``session.info`` key: what to run once the session's write transaction has committed.
+AFTER_COMMIT = "concord_after_commit"
 # A pooled PostgreSQL connection that sat idle longer than this is pinged before it is handed out.
 PING_AFTER_IDLE_SECONDS = 5.0
 
@@ -81,6 +85,14 @@ def _ping_idle_connections(engine: Engine) -> None:
             raise exc.InvalidatePoolError(f"ping failed: {error}") from error
 
 
+def after_commit(session: Session, action: Callable[[Database], None]) -> None:
+    """Run ``action`` once the :meth:`Database.write` transaction of ``session`` has committed, before the
+    write returns (never if it rolls back). Of a write opened inside another on the same thread, after
+    the outermost one ends: an action may wait for locks the enclosing transaction still holds."""
+    actions: list[Callable[[Database], None]] = session.info.setdefault(AFTER_COMMIT, [])
+    actions.append(action)
+
+
 class Database:
     """The metadata database: an engine plus read and write session factories."""
 
@@ -93,6 +105,8 @@ class Database:
         )
         # Reentrant: a write opened inside another on the same thread waits in SQLite, as it did before.
         self._write_lock = threading.RLock() if self.is_sqlite else None
+        # Per thread: the after-commit actions of the writes inside the outermost open one.
+        self._writes = threading.local()
 
     @property
     def is_sqlite(self) -> bool:
@@ -104,17 +118,28 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """One write transaction: committed when the block ends, rolled back if it raises.
+        """One write transaction: committed when the block ends, rolled back if it raises. Once it has
+        committed, the :func:`after_commit` actions registered on the session run before this returns.
 
         On SQLite, writers of this process queue on a lock first: SQLite lets one writer in at a time, and
         its busy handler makes the others sleep 1, 2, 5 … 100 ms between retries instead of waking them
         when the lock is free (other processes are still kept apart by SQLite and its busy timeout)."""
-        if self._write_lock is None:
-            with self._writer() as session, session.begin():
-                yield session
-            return
-        with self._write_lock, self._writer() as session, session.begin():
-            yield session
+        queued: AbstractContextManager[object] = self._write_lock or nullcontext()
+        writes = self._writes
+        outermost = not hasattr(writes, "after_commit")
+        if outermost:
+            writes.after_commit = []
+        try:
+            with queued, self._writer() as session:
+                with session.begin():
+                    yield session
+                writes.after_commit.extend(session.info.pop(AFTER_COMMIT, ()))
+        finally:
+            if outermost:
+                actions = writes.after_commit
+                del writes.after_commit
+                for action in actions:
+                    action(self)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

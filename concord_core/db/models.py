@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -306,7 +307,8 @@ class JobArtifact(Base):
 
 
 class Event(Base):
-    """One entry of the append-only, hash-chained event log. ``seq`` is commit order."""
+    """One entry of the append-only, hash-chained event log. ``seq`` is the order in which events become
+    visible in the log, consistent with causality (see :mod:`concord_core.events.log`)."""
 
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_entity", "entity_type", "entity_id"),)
@@ -324,6 +326,33 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class EventOutbox(Base):
+    """Events committed by their transactions but not yet sealed into the log (PostgreSQL only).
+
+    A transaction that finds the chain busy stages its event here, under no lock on the chain, so such
+    transactions commit concurrently; sealing (``concord_seal_events``, migration 0007) moves committed
+    rows into ``events`` in ``id`` order, numbering and hashing them. The content columns are those of
+    :class:`Event`; ``id`` only orders the rows. The event's hash will be SHA-256 of the previous hash,
+    ``hashed_before_seq``, its sequence number and ``hashed_after_seq``: the text that
+    :func:`concord_core.events.log.event_hash` hashes, either side of the sequence number."""
+
+    __tablename__ = "event_outbox"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_type: Mapped[str] = mapped_column(String(64))
+    workspace_id: Mapped[str | None] = mapped_column(Id)
+    actor_id: Mapped[str | None] = mapped_column(Id)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    entity_type: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    hashed_before_seq: Mapped[bytes] = mapped_column(LargeBinary)
+    hashed_after_seq: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class EventHead(Base):

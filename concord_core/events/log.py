@@ -1,30 +1,84 @@
 """The append-only, hash-chained event log.
 
-Appends are serialized through the single ``event_head`` row (locked ``FOR UPDATE`` on PostgreSQL; SQLite
-serializes writers itself), and the lock is held until the surrounding transaction commits, so sequence
-order is commit order and a reader tailing by ``seq`` never skips an event. Each event's hash covers its
-content and the previous hash, so any edit, deletion or reordering breaks the chain.
+Each event's hash covers its content, its sequence number and the previous event's hash, so any edit,
+deletion or reordering breaks the chain (:func:`verify_chain`). ``event_head`` holds the last sequence
+number and hash; whoever moves it holds the *chain lock*.
 
-On PostgreSQL the append is one statement that locks the head, hashes and inserts the event and moves the
-head, so the lock is held for that statement and the commit, not for a round trip per step.
+**The invariant.** ``seq`` is the order in which events become visible in ``events``: an event with a
+higher ``seq`` is never visible before one with a lower ``seq`` (so a reader tailing by ``seq`` never skips
+one), and it is consistent with causality: if a transaction read what another had committed, its events
+come after the other's. ``events`` only ever holds sealed events (numbered and hashed); a write's events
+are in it when :meth:`~concord_core.db.engine.Database.write` returns.
+
+**SQLite** serializes writers itself (``BEGIN IMMEDIATE``): an append reads the head, inserts the event and
+moves the head inside the caller's transaction, so ``seq`` is commit order.
+
+**PostgreSQL.** Holding the head until COMMIT returns would serialize every commit and its fsync behind the
+previous one, which caps appends at the disk's commit rate however many clients there are. So the chain
+lock is a transaction-level advisory lock (``pg_advisory_xact_lock``: no transaction id, no WAL, so taking
+it and finding nothing to do costs no fsync), and an append, one statement either way
+(``_APPEND_OR_STAGE``), takes one of two paths:
+
+* *Direct*, when the outbox is empty and the chain lock is free (``pg_try_advisory_xact_lock``, which
+  never waits): the transaction keeps the lock until it ends, and numbers, hashes and inserts its event
+  and moves the head, as before the outbox existed. A lone writer pays one commit.
+* *Staged* otherwise: the event goes into ``event_outbox``, under no lock on the chain, and the
+  transaction commits concurrently with the others (PostgreSQL's group commit shares one fsync among
+  them). Once a transaction has staged an event its later events are staged too, so they keep their
+  order. After the commit, ``Database.write`` seals before it returns (:func:`seal_staged`): if none of its
+  rows is left in the outbox, a sealer has already committed them into the log; otherwise it waits for the
+  chain lock and seals every committed outbox row, its own and the others', so under contention one
+  commit seals many appends.
+
+*Sealing* is ``concord_seal_events`` (migration 0007), one statement in a transaction of its own: under the
+chain lock, with a snapshot taken after the lock (so it sees what every earlier sealer committed), it moves
+the committed outbox rows into ``events`` in outbox ``id`` order, numbering them from the head and hashing
+each with the same format as the direct path and :func:`event_hash` (so :func:`verify_chain` and logs
+written before the outbox existed stay valid), deletes them from the outbox and moves the head.
+
+**Why the order is causal.** Say transaction B read something transaction A had committed, and both
+append. A's event was committed (in the outbox or in ``events``) before B's read, and B appends after it.
+If B goes direct, its append statement, later than its read, found the outbox empty: A's event had been
+sealed (a sealer deleting A's row commits the events it inserted in the same transaction), and B numbers
+its own from the newest head, after A's. If B stages, B's row has a larger ``id`` than A's (A took its
+``id`` before committing, B after its read) and is committed after A's, so any sealer that sees B's row
+sees A's too, pending or already sealed, and seals in ``id`` order. Either way ``seq(A) < seq(B)``. Two
+edits of one DTU are such a pair: the second locks the row the first updated and reads it once the first
+has committed. Events of transactions that did not read each other's work may be sealed in either order;
+``created_at`` is informational.
+
+**Visibility.** A transaction that moves the head holds the chain lock until it has committed and become
+visible, and the next holder reads the head after taking the lock, so ``events`` only grows by a
+contiguous run above the previous head: a reader never sees ``seq`` n+1 without n.
+
+**Crashes.** A process killed between its commit and its seal leaves its rows in the outbox, committed:
+the next seal anywhere takes them, and so do server start-up, the jobs maintenance loop, and
+``concord events verify`` / ``concord replay --verify`` before they check (:func:`seal_pending`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, LargeBinary, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from concord_core.db.engine import Database, after_commit
 from concord_core.db.models import Event, EventHead
 from concord_core.db.types import utcnow
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger("concord.events")
 
 GENESIS_HASH = "0" * 64
 EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
@@ -50,7 +104,7 @@ def _hashed_body(
 
     ``prefix + str(seq) + suffix`` is ``canonical_json`` of the whole body (keys sorted: the ones before
     ``seq`` in the prefix, the ones after it in the suffix), so PostgreSQL can fill in the sequence number
-    and hash the result in the same statement that takes it (see :func:`_append_postgres`).
+    and hash the result in the same statement that takes it (see ``_APPEND_OR_STAGE``).
     """
     body: dict[str, Any] = {
         "type": event_type,
@@ -133,11 +187,13 @@ def append_event(
     workspace_id: str | None = None,
     actor_id: str | None = None,
     request_id: str | None = None,
-) -> Event:
+) -> Event | None:
     """Append one event inside the caller's transaction; call it last, just before commit.
 
-    The caller's pending changes are flushed first, so the chain head is locked only for the append
-    itself and the commit that follows. The returned :class:`Event` is not attached to ``session``.
+    The caller's pending changes are flushed first, so the chain lock is held only for the append itself
+    and the commit that follows. Returns the sealed :class:`Event` (not attached to ``session``), or None
+    on PostgreSQL when the event was staged in the outbox: it is sealed after the commit, before the
+    session's :meth:`~concord_core.db.engine.Database.write` returns (see the module docstring).
     """
     if not EVENT_TYPE.match(event_type):
         raise ValueError(f"event type {event_type!r} is not UPPER_SNAKE")
@@ -164,7 +220,7 @@ def append_event(
     # more than the append itself.
     connection = session.connection()
     if postgres:
-        return _append_postgres(connection, values)
+        return _append_postgres(session, connection, values)
     head = connection.execute(
         select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
     ).one()
@@ -180,18 +236,33 @@ def append_event(
 _EVENTS = Event.metadata.tables["events"]
 _HEAD = Event.metadata.tables["event_head"]
 
+#: The advisory lock key of the chain (per database): "concord" in ASCII. ``concord_seal_events``
+#: (migration 0007) takes the same key.
+CHAIN_LOCK = 0x636F6E636F7264
+#: ``session.info`` key: (the transaction, the outbox ids it staged).
+_STAGED = "concord_staged_events"
 
-# One statement, one round trip, while the head is locked: lock the head, hash the new event with the
-# previous hash and the next sequence number, insert it and move the head. Serialized appends are bound
-# by how long the lock is held, which is this statement plus the commit.
-_APPEND_POSTGRES = text(
+# Direct append or staging, in one statement. ``head`` is the head row only if nothing is pending in the
+# outbox and the chain lock is free (then taken, until this transaction ends); CASE evaluates in order,
+# so a pending outbox means no lock attempt. ``FOR UPDATE`` returns the newest version of the head even
+# though this statement's snapshot may predate the last sealer's commit (and keeps a process still running
+# code from before the chain lock, which locked only this row, from forking the chain during an upgrade).
+# The outbox check reads this statement's snapshot, taken before the lock: enough, since the events that
+# must precede this one are those committed before the transaction's earlier statements (module
+# docstring). With the head: number, hash (SHA-256 in SQL over the text :func:`_hashed_body` made), insert
+# the event and move the head. Without it: stage the event in the outbox.
+_APPEND_OR_STAGE = text(
     """
     WITH head AS (
-        SELECT seq, hash FROM event_head WHERE id = 1 FOR UPDATE
+        SELECT seq, hash FROM event_head
+        WHERE id = 1
+          AND CASE WHEN EXISTS (SELECT 1 FROM event_outbox) THEN false
+                   ELSE pg_try_advisory_xact_lock(:key) END
+        FOR UPDATE
     ), next AS (
         SELECT seq + 1 AS seq, hash AS prev_hash,
-               encode(sha256(convert_to(hash, 'UTF8') || :prefix
-                             || convert_to((seq + 1)::text, 'UTF8') || :suffix), 'hex') AS hash
+               encode(sha256(convert_to(hash, 'UTF8') || :before
+                             || convert_to((seq + 1)::text, 'UTF8') || :after), 'hex') AS hash
         FROM head
     ), appended AS (
         INSERT INTO events (seq, event_type, workspace_id, actor_id, request_id, entity_type, entity_id,
@@ -200,26 +271,107 @@ _APPEND_POSTGRES = text(
                CAST(:payload AS jsonb), :created_at, prev_hash, hash
         FROM next
         RETURNING seq, prev_hash, hash
+    ), moved AS (
+        UPDATE event_head SET seq = appended.seq, hash = appended.hash
+        FROM appended WHERE event_head.id = 1
+        RETURNING appended.seq, appended.prev_hash, appended.hash
+    ), staged AS (
+        INSERT INTO event_outbox (event_type, workspace_id, actor_id, request_id, entity_type, entity_id,
+                                  payload, created_at, hashed_before_seq, hashed_after_seq)
+        SELECT :event_type, :workspace_id, :actor_id, :request_id, :entity_type, :entity_id,
+               CAST(:payload AS jsonb), :created_at, :before, :after
+        WHERE NOT EXISTS (SELECT 1 FROM head)
+        RETURNING id
     )
-    UPDATE event_head SET seq = appended.seq, hash = appended.hash
-    FROM appended WHERE event_head.id = 1
-    RETURNING appended.seq, appended.prev_hash, appended.hash
+    SELECT seq, prev_hash, hash, NULL::bigint AS staged FROM moved
+    UNION ALL
+    SELECT NULL, NULL, NULL, id FROM staged
     """
-).bindparams(bindparam("prefix", type_=LargeBinary), bindparam("suffix", type_=LargeBinary))
+).bindparams(bindparam("before", type_=LargeBinary), bindparam("after", type_=LargeBinary))
+
+# The later events of a transaction that has staged one are staged too, so they keep their order.
+_STAGE = text(
+    """
+    INSERT INTO event_outbox (event_type, workspace_id, actor_id, request_id, entity_type, entity_id,
+                              payload, created_at, hashed_before_seq, hashed_after_seq)
+    VALUES (:event_type, :workspace_id, :actor_id, :request_id, :entity_type, :entity_id,
+            CAST(:payload AS jsonb), :created_at, :before, :after)
+    RETURNING id
+    """
+).bindparams(bindparam("before", type_=LargeBinary), bindparam("after", type_=LargeBinary))
 
 
-def _append_postgres(connection: Connection, values: dict[str, Any]) -> Event:
+def _append_postgres(session: Session, connection: Connection, values: dict[str, Any]) -> Event | None:
     prefix, suffix = _hashed_body(**values)
-    row = connection.execute(
-        _APPEND_POSTGRES,
-        {
-            **values,
-            "payload": canonical_json(values["payload"]),
-            "prefix": f":{prefix}".encode(),
-            "suffix": suffix.encode(),
-        },
-    ).one()
-    return Event(seq=row.seq, prev_hash=row.prev_hash, hash=row.hash, **values)
+    params = {
+        **values,
+        "payload": canonical_json(values["payload"]),
+        "before": f":{prefix}".encode(),
+        "after": suffix.encode(),
+    }
+    ids = _staged_ids(session)
+    if ids is None:
+        row = connection.execute(_APPEND_OR_STAGE, {**params, "key": CHAIN_LOCK}).one()
+        if row.staged is None:
+            return Event(seq=row.seq, prev_hash=row.prev_hash, hash=row.hash, **values)
+        ids = []
+        session.info[_STAGED] = (session.get_transaction(), ids)
+        after_commit(session, lambda db: seal_staged(db, ids))
+        ids.append(row.staged)
+        return None
+    ids.append(connection.execute(_STAGE, params).scalar_one())
+    return None
+
+
+def _staged_ids(session: Session) -> list[int] | None:
+    """The outbox ids the session's current transaction has staged, or None if it has staged nothing."""
+    state = session.info.get(_STAGED)
+    if state is not None and state[0] is session.get_transaction():
+        ids: list[int] = state[1]
+        return ids
+    return None
+
+
+def _seal(db: Database, staged: list[int] | None) -> int:
+    # A transaction of its own (autocommit): one round trip, and no commit record when it seals nothing.
+    # On the driver's connection: this runs after every staged write, and SQLAlchemy's Connection around
+    # one statement would cost about half as much CPU again.
+    pooled = db.engine.raw_connection()
+    try:
+        connection = cast("psycopg.Connection[Any]", pooled.driver_connection)
+        connection.autocommit = True
+        try:
+            row = connection.execute("SELECT concord_seal_events(%s::bigint[])", [staged]).fetchone()
+        finally:
+            if not connection.broken:  # a broken one is replaced at its next checkout (db/engine.py)
+                connection.autocommit = False
+    finally:
+        pooled.close()
+    return int(row[0]) if row else 0
+
+
+def seal_staged(db: Database, ids: list[int]) -> None:
+    """After the commit of a transaction that staged the outbox rows ``ids``: make sure they are sealed
+    before the write returns, sealing them (and every other committed row) unless a sealer already has.
+
+    A failure here (the database went away between the commit and the seal) is logged, not raised: the
+    write has committed and its events are durable in the outbox, where the next seal anywhere takes
+    them; raising would report a committed change as failed."""
+    try:
+        _seal(db, ids)
+    except Exception:
+        log.exception(
+            "sealing %d staged event(s) failed; they stay in the outbox for the next seal", len(ids)
+        )
+
+
+def seal_pending(db: Database) -> int:
+    """Seal every committed outbox row (such as those of a process that died between its commit and its
+    seal). Server start-up, the jobs maintenance loop and the log checks call it. Returns how many it
+    sealed; with nothing to seal it costs one statement and writes nothing. SQLite never stages: 0."""
+    if not db.is_postgres:
+        return 0
+    return _seal(db, None)
 
 
 @dataclass(frozen=True)

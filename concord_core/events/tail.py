@@ -1,7 +1,8 @@
 """Tailing the event log from a cursor the client keeps, showing each principal only what they may see.
 
-The cursor is an event's sequence number. Appends are serialized and ``seq`` is commit order (see
-:mod:`concord_core.events.log`), so reading ``seq > cursor`` in order never skips an event: a client that
+The cursor is an event's sequence number. ``seq`` is the order in which events become visible in the log
+(:mod:`concord_core.events.log`: the log only ever grows by a contiguous run above its head, and only
+sealed events are in it), so reading ``seq > cursor`` in order never skips an event: a client that
 reconnects with the last cursor it saw misses nothing. Events it may not see are passed over, and the
 cursor still moves past them (:attr:`TailPage.cursor`).
 """
@@ -46,8 +47,8 @@ def read_after(
     session: Session, principal: Principal, after: int, types: Sequence[str] | None = None, limit: int = 500
 ) -> TailPage:
     """Up to ``limit`` events after ``after`` that ``principal`` may see, oldest first."""
-    # The head first: every event up to it is committed (appends commit in sequence order), so the cursor
-    # can move up to it even past events the filters leave out, and never past one not yet visible.
+    # The head first: every event up to it is visible (the log grows by contiguous runs), so the cursor can
+    # move up to it even past events the filters leave out, and never past one not yet visible.
     newest = head(session)
     query = (
         select(Event)

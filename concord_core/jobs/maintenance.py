@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from concord_core.db.models import Job
+from concord_core.events.log import seal_pending
 from concord_core.jobs.records import JobStatus, Journal
 from concord_core.jobs.transitions import reap_expired
 
@@ -95,6 +96,7 @@ class Maintenance:
         return journals
 
     def sweep(self, *, relay_grace: float = RELAY_GRACE_SECONDS) -> SweepReport:
+        seal_pending(self._service.db)  # events a process committed but died before sealing
         reaped = len(self.reap())
         for prefix in dead_local_workers(self._service):
             reaped += len(self.reap(prefix, "exited (its process is gone)"))
