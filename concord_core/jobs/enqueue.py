@@ -230,7 +230,9 @@ def _item_error(exc: OperatorError, index: int) -> OperatorError:
     """``exc`` with its fields as paths into the batch (``jobs.3.input``)."""
     return OperatorError(
         [
-            FieldError(f"jobs.{index}.{error.field or 'type'}", error.code, error.message)
+            FieldError(
+                f"jobs.{index}.{error.field}" if error.field else f"jobs.{index}", error.code, error.message
+            )
             for error in exc.errors
         ]
     )
