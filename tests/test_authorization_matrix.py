@@ -640,6 +640,15 @@ MUTATIONS: dict[str, Case] = {
         ),
         WRITERS,
     ),
+    "enqueueJobs": Case(
+        dtu_call(
+            "mutation($w: ID!, $i: JSON!) { enqueueJobs("
+            'jobs: [{type: "knowledge.export_markdown", input: $i}], workspaceId: $w) '
+            "{ jobs { id } errors { code } } }",
+            lambda w: {"w": team(w), "i": {"dtuIds": [w.dtu]}},
+        ),
+        WRITERS,
+    ),
     "cancelJob": Case(
         dtu_call(
             "mutation($id: ID!) { cancelJob(id: $id) { job { id } errors { code } } }",
@@ -1261,6 +1270,15 @@ REFUSED_BEFORE_WRITING: list[tuple[str, str, str, Callable[[World], dict[str, An
         "anonymous",
         'mutation($i: JSON!) { enqueueJob(type: "knowledge.export_markdown", input: $i) '
         "{ job { id } errors { code field } } }",
+        lambda w: {"i": {"dtuIds": [w.dtu]}},
+        "UNAUTHENTICATED",
+        "job.enqueue",
+    ),
+    (
+        "enqueueJobs",
+        "anonymous",
+        'mutation($i: JSON!) { enqueueJobs(jobs: [{type: "knowledge.export_markdown", input: $i}]) '
+        "{ jobs { id } errors { code field } } }",
         lambda w: {"i": {"dtuIds": [w.dtu]}},
         "UNAUTHENTICATED",
         "job.enqueue",

@@ -29,7 +29,7 @@ from concord_core.db.models import AuditEntry, Event, Job, JobArtifact, JobRun, 
 from concord_core.events import tail
 from concord_core.events.log import verify_chain
 from concord_core.jobs.control import cancel_job, get_job, retry_job
-from concord_core.jobs.enqueue import enqueue_job
+from concord_core.jobs.enqueue import enqueue_job, enqueue_jobs
 from concord_core.jobs.lease import LeaseLost, backoff_seconds, claim, renew
 from concord_core.jobs.transitions import Succeeded, reap_expired
 from concord_core.operators.dtus import create_dtu
@@ -131,6 +131,98 @@ def test_idempotency_key_returns_the_job_or_conflicts(idle: Runtime) -> None:
         enqueue_job(ops, catalog, {"job_type": "testjobs.noop", "input": {"a": 2}, "idempotency_key": "k"})
     assert refused.value.code is ErrorCode.CONFLICT and refused.value.errors[0].field == "idempotencyKey"
     assert events_for(idle, first.id) == ["JOB_QUEUED"]  # the repeat wrote nothing
+
+
+ENQUEUE_MANY = """
+mutation EnqueueMany($jobs: [JobRequest!]!) {
+  enqueueJobs(jobs: $jobs) { created jobs { id status } errors { field code message } }
+}"""
+
+
+def test_a_batch_is_queued_in_one_transaction_with_an_event_and_audit_row_per_job(rt: Runtime) -> None:
+    with TestClient(create_app(rt)) as client:
+        gql = GraphQL(client)
+        jobs = [{"type": "testjobs.count", "input": {"to": n}} for n in (2, 3, 4)]
+        payload = gql.run(ENQUEUE_MANY, {"jobs": jobs})["enqueueJobs"]
+        assert payload["errors"] == [] and payload["created"] == [True, True, True]
+        ids = [from_global_id(job["id"])[1] for job in payload["jobs"]]
+        for job_id, n in zip(ids, (2, 3, 4), strict=True):
+            done = wait_status(rt, job_id)
+            assert done.input == {"to": n} and done.output is not None
+            assert done.output["total"] == n * (n + 1) // 2
+            assert events_for(rt, job_id) == ["JOB_QUEUED", "JOB_STARTED", "JOB_SUCCEEDED"]
+    with rt.db.read() as session:
+        enqueued = session.scalars(
+            select(AuditEntry.target_id).where(AuditEntry.action == "job.enqueue").order_by(AuditEntry.id)
+        ).all()
+        batches = session.scalars(select(AuditEntry).where(AuditEntry.action == "job.enqueue_batch")).all()
+        queued_seqs = session.scalars(
+            select(Event.request_id).where(Event.event_type == "JOB_QUEUED", Event.entity_id.in_(ids))
+        ).all()
+        assert verify_chain(session).ok
+    assert sorted(enqueued) == sorted(ids)
+    assert len(batches) == 1 and batches[0].detail == {"jobs": 3}
+    assert len(set(queued_seqs)) == 1  # one request, one transaction
+
+
+def test_a_bad_job_in_a_batch_refuses_the_whole_batch(idle: Runtime) -> None:
+    ops, catalog = owner_ops(idle), idle.jobs.catalog
+    good = {"job_type": "testjobs.noop", "input": {}}
+    for bad, field in (
+        ({"job_type": "testjobs.nosuch", "input": {}}, "jobs.1.type"),
+        ({"job_type": "testjobs.noop", "input": {"x": float("nan")}}, "jobs.1.input"),
+        ({"job_type": "testjobs.noop", "input": {}, "extra": 1}, "jobs.1.extra"),
+    ):
+        with pytest.raises(OperatorError) as refused:
+            enqueue_jobs(ops, catalog, {"jobs": [good, bad, good]})
+        assert refused.value.code is ErrorCode.VALIDATION
+        assert [error.field for error in refused.value.errors] == [field]
+    for jobs in ([], [good] * 101):
+        with pytest.raises(OperatorError) as refused:
+            enqueue_jobs(ops, catalog, {"jobs": jobs})
+        assert refused.value.code is ErrorCode.VALIDATION
+    with idle.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+        assert session.scalar(select(func.count()).select_from(Event)) == 0
+
+
+def test_idempotency_keys_in_a_batch(idle: Runtime) -> None:
+    ops, catalog = owner_ops(idle), idle.jobs.catalog
+    first, _ = enqueue_job(
+        ops, catalog, {"job_type": "testjobs.noop", "input": {"a": 1}, "idempotency_key": "k"}
+    )
+    results = enqueue_jobs(
+        ops,
+        catalog,
+        {
+            "jobs": [
+                {"job_type": "testjobs.noop", "input": {"a": 1}, "idempotency_key": "k"},
+                {"job_type": "testjobs.noop", "input": {"b": 1}, "idempotency_key": "new"},
+                {"job_type": "testjobs.noop", "input": {"b": 1}, "idempotency_key": "new"},
+                {"job_type": "testjobs.noop", "input": {}},
+            ]
+        },
+    )
+    assert [created for _, created in results] == [False, True, False, True]
+    assert results[0][0].id == first.id and results[1][0].id == results[2][0].id
+    assert events_for(idle, first.id) == ["JOB_QUEUED"]
+    again = enqueue_jobs(
+        ops, catalog, {"jobs": [{"job_type": "testjobs.noop", "input": {"b": 1}, "idempotency_key": "new"}]}
+    )
+    assert [(job.id, created) for job, created in again] == [(results[1][0].id, False)]
+    for jobs in (
+        [{"job_type": "testjobs.noop", "input": {"a": 2}, "idempotency_key": "k"}],
+        [
+            {"job_type": "testjobs.noop", "input": {"c": 1}, "idempotency_key": "twice"},
+            {"job_type": "testjobs.noop", "input": {"c": 2}, "idempotency_key": "twice"},
+        ],
+    ):
+        with pytest.raises(OperatorError) as refused:
+            enqueue_jobs(ops, catalog, {"jobs": [{"job_type": "testjobs.noop", "input": {}}, *jobs]})
+        assert refused.value.code is ErrorCode.CONFLICT
+        assert refused.value.errors[0].field == f"jobs.{len(jobs)}.idempotencyKey"
+    with idle.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 3
 
 
 def test_the_same_key_from_many_clients_at_once_creates_one_job(idle: Runtime) -> None:

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from concord_core.db.engine import Database
 from concord_core.db.models import Job, JobRun
 from concord_core.db.types import UtcDateTime, new_id, utcnow
-from concord_core.jobs.records import JobStatus, Journal, audit_from, request_params
+from concord_core.jobs.records import STATE_COLUMNS, JobStatus, Journal, audit_from, request_params
 
 MAX_BACKOFF_SECONDS = 600.0
 
@@ -102,7 +102,7 @@ _WORKER = bindparam("claim_worker", type_=String())
 
 
 def _taking(chosen: Any) -> Update:
-    """``UPDATE jobs`` taking the job ``chosen`` (an id or a subquery) if it is due, returning its columns;
+    """``UPDATE jobs`` taking the job ``chosen`` (an id or a subquery) if it is due, returning its state;
     bind parameters ``now``, ``claim_worker`` and ``expires`` (never a column's name: Core would take a
     parameter named like a column for a value to set)."""
     return (
@@ -118,7 +118,7 @@ def _taking(chosen: Any) -> Update:
             error=None,
             updated_at=_NOW,
         )
-        .returning(*_JOBS.c)
+        .returning(*(_JOBS.c[name] for name in STATE_COLUMNS))
     )
 
 

@@ -165,6 +165,9 @@ class _ListeningNotifier(Notifier, abc.ABC):
         self._outbox: set[str] = set()
         self._outbox_lock = threading.Condition()
         self._sending = False
+        #: Whether the publisher waits for a first topic (while it lingers it wakes by itself: notifying
+        #: it then would cost every publish a thread switch for nothing).
+        self._idle = False
         self._publisher: threading.Thread | None = None
         self._closed = False
 
@@ -182,13 +185,16 @@ class _ListeningNotifier(Notifier, abc.ABC):
                     target=self._publish_forever, name="concord-notify-publish", daemon=True
                 )
                 self._publisher.start()
-            self._outbox_lock.notify()
+            elif self._idle:
+                self._outbox_lock.notify()
 
     def _publish_forever(self) -> None:
         while True:
             with self._outbox_lock:
                 while not self._outbox and not self._closed:
+                    self._idle = True
                     self._outbox_lock.wait()
+                    self._idle = False
                 if not self._outbox:
                     return  # closed, and everything was sent
                 linger_until = time.monotonic() + _LINGER_SECONDS

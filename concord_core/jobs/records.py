@@ -62,9 +62,34 @@ _AUDIT_COLUMNS = [
     "detail",
 ]
 
-#: A job as a transition sees it: the ORM row, or a Core row of the ``jobs`` columns (the hot paths of
+#: A job as a transition sees it: the ORM row, or a Core row of :data:`STATE_COLUMNS` (the hot paths of
 #: claiming and succeeding read it from ``UPDATE ... RETURNING``); only its attributes are read.
 JobState = Job | Row[Any]
+
+#: The ``jobs`` columns a transition reads from a :data:`JobState`: its event's snapshot
+#: (:func:`job_snapshot`), the input (a workflow step is recognised by it) and the checkpoint (a claim hands
+#: it to the handler).
+#: ``UPDATE ... RETURNING`` returns these, not every column: each returned column costs the driver and
+#: SQLAlchemy a description and a conversion on every job.
+STATE_COLUMNS = (
+    "id",
+    "workspace_id",
+    "owner_id",
+    "job_type",
+    "queue",
+    "input",
+    "input_hash",
+    "idempotency_key",
+    "status",
+    "attempts",
+    "max_attempts",
+    "timeout_seconds",
+    "run_after",
+    "checkpoint",
+    "output",
+    "error",
+    "finished_at",
+)
 
 #: The live-update topic published whenever events were appended.
 EVENTS_TOPIC = "events"

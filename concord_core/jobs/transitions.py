@@ -26,7 +26,14 @@ from concord_core.db.engine import Database
 from concord_core.db.models import Job, JobRun
 from concord_core.db.types import UtcDateTime, utcnow
 from concord_core.jobs.lease import Claim, LeaseLost, backoff_seconds, close_run, lock_held
-from concord_core.jobs.records import JobState, JobStatus, Journal, audit_from, request_params
+from concord_core.jobs.records import (
+    STATE_COLUMNS,
+    JobState,
+    JobStatus,
+    Journal,
+    audit_from,
+    request_params,
+)
 
 log = logging.getLogger("concord.jobs")
 
@@ -109,7 +116,7 @@ def fail_attempt(
 
 def _succeeding() -> Update:
     """``UPDATE jobs`` to succeeded, fenced on the claim (bind parameters ``held_job``, ``held_worker``,
-    ``held_attempt``, never a column's name), returning its columns."""
+    ``held_attempt``, never a column's name), returning its state."""
     jobs = typing.cast(Table, Job.__table__)
     now = bindparam("now", type_=UtcDateTime())
     return (
@@ -130,7 +137,7 @@ def _succeeding() -> Update:
             lease_owner=None,
             lease_expires_at=None,
         )
-        .returning(*jobs.c)
+        .returning(*(jobs.c[name] for name in STATE_COLUMNS))
     )
 
 

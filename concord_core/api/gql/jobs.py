@@ -1,5 +1,6 @@
-"""GraphQL for durable jobs: ``job``, the ``jobs`` connection, ``enqueueJob``/``cancelJob``/``retryJob``, and
-the live subscriptions ``jobUpdated`` and ``events`` (a tail of the event log from the client's cursor).
+"""GraphQL for durable jobs: ``job``, the ``jobs`` connection, ``enqueueJob``/``enqueueJobs``/``cancelJob``/
+``retryJob``, and the live subscriptions ``jobUpdated`` and ``events`` (a tail of the event log from the
+client's cursor).
 
 Subscriptions are woken by :mod:`concord_core.jobs.notify` and always re-read the database; without a
 wake-up they re-read every ``CONCORD_JOB_POLL_SECONDS`` anyway.
@@ -27,7 +28,7 @@ from concord_core.browse.sources import JOBS
 from concord_core.db import models
 from concord_core.events import tail
 from concord_core.jobs import control
-from concord_core.jobs.enqueue import enqueue_job
+from concord_core.jobs.enqueue import MAX_BATCH, enqueue_job, enqueue_jobs
 from concord_core.jobs.records import EVENTS_TOPIC, TERMINAL, JobStatus
 from concord_core.operators.errors import ErrorCode, OperatorError
 
@@ -215,6 +216,25 @@ def job_key(job_id: str) -> str:
     return expect_global_id(job_id, "Job", "job", "id")
 
 
+@strawberry.input(description="One job of an enqueueJobs batch.")
+class JobRequest:
+    type: str
+    input: JSON | None = None
+    idempotency_key: str | None = None
+
+
+@strawberry.type
+class EnqueueJobsPayload:
+    jobs: list[Job] = strawberry.field(
+        default_factory=list, description="The jobs, in the order they were requested."
+    )
+    created: list[bool] = strawberry.field(
+        default_factory=list,
+        description="Per job: false when an idempotency key returned an existing job.",
+    )
+    errors: list[FieldErrorType] = strawberry.field(default_factory=list)
+
+
 async def _job_mutation(info: GqlInfo, work: Any) -> JobPayload:
     try:
         row, created = await info.context.run(work)
@@ -286,6 +306,40 @@ class JobMutations:
             return enqueue_job(ctx, catalog, data)
 
         return await _job_mutation(info, work)
+
+    @strawberry.mutation(
+        description=f"Queue up to {MAX_BATCH} jobs in one transaction, all or none: each gets its own event "
+        "and audit entry, and idempotency keys work as in enqueueJob. Errors name the job by its index "
+        "(`jobs.3.input`). Needs: editor or owner of the workspace."
+    )
+    async def enqueue_jobs(
+        self, info: GqlInfo, jobs: list[JobRequest], workspace_id: strawberry.ID | None = None
+    ) -> EnqueueJobsPayload:
+        ctx = info.context.ops
+        catalog = info.context.runtime.jobs.catalog
+
+        def work() -> list[tuple[models.Job, bool]]:
+            items: list[dict[str, Any]] = []
+            for index, job in enumerate(jobs):
+                if job.input is not None and not isinstance(job.input, dict):
+                    raise OperatorError.single(
+                        ErrorCode.VALIDATION, "input must be a JSON object", f"jobs.{index}.input"
+                    )
+                items.append(
+                    {"job_type": job.type, "input": job.input or {}, "idempotency_key": job.idempotency_key}
+                )
+            data: dict[str, Any] = {"jobs": items}
+            if workspace_id:
+                data["workspace_id"] = expect_global_id(workspace_id, "Workspace", "workspace", "workspaceId")
+            return enqueue_jobs(ctx, catalog, data)
+
+        try:
+            results = await info.context.run(work)
+        except OperatorError as exc:
+            return EnqueueJobsPayload(errors=payload_errors(exc))
+        return EnqueueJobsPayload(
+            jobs=[Job.from_row(row) for row, _ in results], created=[created for _, created in results]
+        )
 
     @strawberry.mutation(
         description="Cancel a queued job at once, or ask a running one to stop at its next checkpoint. "
