@@ -15,23 +15,21 @@ row, but the batch shares one authorization, one commit and one round trip to RQ
 
 from __future__ import annotations
 
-import typing
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import Table, insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from concord_core.auth.policy import Action, WorkspaceTarget
-from concord_core.db.models import AuditEntry, Job
+from concord_core.db.models import Job
 from concord_core.db.types import new_id, utcnow
 from concord_core.events.log import canonical_json
 from concord_core.jobs.catalog import JobCatalog, JobSpec
 from concord_core.jobs.records import JobStatus, input_hash, job_snapshot
-from concord_core.observability.context import current
-from concord_core.operators.base import Change, OperationContext, validate, write
+from concord_core.operators.base import Change, OperationContext, audit_row, insert_audit, validate, write
 from concord_core.operators.errors import ErrorCode, FieldError, OperatorError
 
 MAX_INPUT_CHARS = 256_000
@@ -223,9 +221,6 @@ def enqueue_job(ctx: OperationContext, catalog: JobCatalog, data: dict[str, Any]
     return job, created
 
 
-_AUDIT = insert(typing.cast(Table, AuditEntry.__table__))
-
-
 def _item_error(exc: OperatorError, index: int) -> OperatorError:
     """``exc`` with its fields as paths into the batch (``jobs.3.input``)."""
     return OperatorError(
@@ -292,22 +287,17 @@ def enqueue_jobs(ctx: OperationContext, catalog: JobCatalog, data: dict[str, Any
                 change.dry_run = not created  # every job existed: nothing to write or record
                 change.audit("workspace", workspace_id, workspace_id, jobs=len(created))
                 if created:
-                    request_context = current()
-                    change.session.connection().execute(
-                        _AUDIT,
+                    insert_audit(
+                        change.connection,
                         [
-                            {
-                                "created_at": job.created_at,
-                                "actor_id": ctx.principal.user_id,
-                                "action": "job.enqueue",
-                                "target_type": "job",
-                                "target_id": job.id,
-                                "workspace_id": workspace_id,
-                                "request_id": request_context.request_id,
-                                "client_addr": request_context.client_addr,
-                                "outcome": "allowed",
-                                "detail": {"job_type": job.job_type, "idempotency_key": job.idempotency_key},
-                            }
+                            audit_row(
+                                actor_id=ctx.principal.user_id,
+                                action="job.enqueue",
+                                target=("job", job.id, workspace_id),
+                                outcome="allowed",
+                                detail={"job_type": job.job_type, "idempotency_key": job.idempotency_key},
+                                created_at=job.created_at,
+                            )
                             for job in created
                         ],
                     )

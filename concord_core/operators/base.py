@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -146,13 +147,17 @@ class Change:
         # The operator's ORM changes first: the audit row goes in with Core (the unit of work's bookkeeping
         # costs more than the row), after the rows it may refer to.
         self.session.flush()
-        _insert_audit(
+        insert_audit(
             self.connection,
-            actor_id=self.ctx.principal.user_id,
-            action=self.action,
-            target=self.audit_target,
-            outcome="allowed",
-            detail=self.audit_detail,
+            [
+                audit_row(
+                    actor_id=self.ctx.principal.user_id,
+                    action=self.action,
+                    target=self.audit_target,
+                    outcome="allowed",
+                    detail=self.audit_detail,
+                )
+            ],
         )
         for pending in self.events:
             append_event(
@@ -210,13 +215,17 @@ def record_outcome(
 ) -> None:
     """An audit row, in its own transaction, for an attempt that changed nothing (denial, failed sign-in)."""
     with ctx.db.write() as session:
-        _insert_audit(
+        insert_audit(
             session.connection(),
-            actor_id=actor_id or ctx.principal.user_id,
-            action=action,
-            target=target,
-            outcome=outcome,
-            detail=detail,
+            [
+                audit_row(
+                    actor_id=actor_id or ctx.principal.user_id,
+                    action=action,
+                    target=target,
+                    outcome=outcome,
+                    detail=detail,
+                )
+            ],
         )
 
 
@@ -225,32 +234,35 @@ _WORKSPACE_EXISTS = select(_WORKSPACES.c.id).where(_WORKSPACES.c.id == bindparam
 _INSERT_AUDIT = insert(AuditEntry.metadata.tables["audit_log"])
 
 
-def _insert_audit(
-    connection: Connection,
+def audit_row(
     *,
     actor_id: str | None,
     action: str,
     target: tuple[str | None, str | None, str | None],
     outcome: str,
     detail: dict[str, Any],
-) -> None:
-    """One audit row, written at once on the transaction's connection."""
+    created_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The values of one ``audit_log`` row for :func:`insert_audit`, with the current request's id and
+    client address."""
     request = current()
-    connection.execute(
-        _INSERT_AUDIT,
-        {
-            "created_at": utcnow(),
-            "actor_id": actor_id,
-            "action": action,
-            "target_type": target[0],
-            "target_id": target[1],
-            "workspace_id": target[2],
-            "request_id": request.request_id,
-            "client_addr": request.client_addr,
-            "outcome": outcome,
-            "detail": detail,
-        },
-    )
+    return {
+        "created_at": created_at or utcnow(),
+        "actor_id": actor_id,
+        "action": action,
+        "target_type": target[0],
+        "target_id": target[1],
+        "workspace_id": target[2],
+        "request_id": request.request_id,
+        "client_addr": request.client_addr,
+        "outcome": outcome,
+        "detail": detail,
+    }
+
+
+def insert_audit(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """Audit rows (:func:`audit_row`), written at once in one statement on the transaction's connection."""
+    connection.execute(_INSERT_AUDIT, rows)
 
 
 def record_denial(
