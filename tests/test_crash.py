@@ -386,13 +386,13 @@ def test_sigkill_during_edit_loop_keeps_every_acknowledged_edit(deployment: Depl
 # --- killed between the commit of a staged event and its seal (PostgreSQL) ---------------------------
 
 
+# SQLite serializes writers itself, so an event is never staged there: PostgreSQL only.
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_sigkill_between_commit_and_seal_loses_no_event(deployment: Deployment) -> None:
     """On PostgreSQL an edit that finds the chain busy stages its event, commits, then seals it. The test
     holds the chain lock so the server commits the edit and waits to seal; it kills the server there and
     ends the server's waiting statement, so the event is committed but in no log. The next start seals it,
     and ``events verify`` / ``replay --verify`` pass."""
-    if not deployment.database_url.startswith("postgresql"):
-        pytest.skip("SQLite serializes writers itself: an event is never staged")
     server = deployment.start()
     with httpx.Client(base_url=server.url, timeout=10) as client:
         dtu = graphql(client, CREATE_DTU, {"input": {"title": "v1"}})["createDtu"]["dtu"]

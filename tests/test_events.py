@@ -358,9 +358,8 @@ def test_sequence_is_commit_order_under_concurrency(runtime: Runtime) -> None:
 # --- events staged in the outbox (PostgreSQL) --------------------------------------------------------
 
 
-def postgres_only(runtime: Runtime) -> None:
-    if not runtime.db.is_postgres:
-        pytest.skip("SQLite serializes writers itself: an event is never staged")
+#: SQLite serializes writers itself, so an event is never staged there: these tests run on PostgreSQL only.
+postgres_only = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 
 
 @contextmanager
@@ -392,8 +391,8 @@ def dtu_version(db: Database, dtu_id: str) -> int:
         return int(session.scalar(text("SELECT version FROM dtus WHERE id = :id"), {"id": dtu_id}))
 
 
+@postgres_only
 def test_staged_edits_keep_their_order_and_are_in_the_log_when_the_write_returns(runtime: Runtime) -> None:
-    postgres_only(runtime)
     db = runtime.db
     ctx = runtime.operation_context(runtime.principal_for_user(runtime.local_owner_id or ""))
     dtu = dtu_ops.create_dtu(ctx, {"title": "v1"})  # chain free, outbox empty: appended directly
@@ -500,10 +499,10 @@ def stage_without_sealing(db: Database, n: int) -> None:
         assert staged is None
 
 
+@postgres_only
 def test_events_left_in_the_outbox_are_sealed_before_checks_and_by_maintenance(
     runtime: Runtime, concord: Callable[..., tuple[int, str]]
 ) -> None:
-    postgres_only(runtime)
     db = runtime.db
     dtu_ops.create_dtu(
         runtime.operation_context(runtime.principal_for_user(runtime.local_owner_id or "")), {"title": "x"}
@@ -533,10 +532,10 @@ def test_events_left_in_the_outbox_are_sealed_before_checks_and_by_maintenance(
         assert verify_chain(session).ok
 
 
+@postgres_only
 def test_a_write_inside_another_seals_after_the_outer_one(runtime: Runtime) -> None:
     """The outer transaction appends directly and keeps the chain lock until it ends; a write opened inside
     it stages, and its seal (which would wait for that lock forever) runs once the outer write is done."""
-    postgres_only(runtime)
     db = runtime.db
     failures: list[BaseException] = []
     paths: list[str] = []
