@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import tempfile
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import strawberry
@@ -47,7 +47,7 @@ class Thing:
 
 
 class ExplodingThing(Thing):
-    @property  # type: ignore[misc]
+    @property
     def boom(self) -> str:
         raise ValueError("cannot read this")
 
@@ -67,7 +67,7 @@ def _thing(number: int) -> Thing:
         tags=[f"t{number}", "x"],
         maybe_tags=None if number % 2 else ["y"],
         note=None if number % 3 else "noted",
-        data={"n": number, "list": [1, None]},
+        data=cast(JSON, {"n": number, "list": [1, None]}),
         key=strawberry.ID(f"k{number}"),
         wrong="not a number",  # type: ignore[arg-type]
         missing=None,  # type: ignore[arg-type]
