@@ -1,9 +1,12 @@
 """The PostgreSQL connection pool: no ping round trip for a connection that was just used, a ping (and a
-fresh connection when it fails) for one that sat idle."""
+fresh connection when it fails) for one that sat idle; the session settings every connection gets; reads of
+one statement without a transaction."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -51,5 +54,53 @@ def test_an_idle_connection_that_died_is_replaced(postgres_url: str, monkeypatch
         with db.write() as session:
             assert session.execute(text("SELECT pg_backend_pid()")).scalar() != backend
         assert len(sent) == 1  # the dead one was pinged and replaced; the new one needs no ping
+    finally:
+        db.dispose()
+
+
+def test_every_postgres_session_has_short_statement_settings(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    try:
+        for read in (db.read(), db.read(snapshot=False), db.write()):
+            with read as session:
+                assert session.execute(text("SHOW jit")).scalar() == "off"
+                assert session.execute(text("SHOW max_parallel_workers_per_gather")).scalar() == "0"
+    finally:
+        db.dispose()
+
+
+def test_options_in_the_database_url_still_apply_and_win(postgres_url: str) -> None:
+    options = quote("-c statement_timeout=1234 -c jit=on")
+    db = Database(f"{postgres_url}?options={options}")
+    try:
+        with db.read() as session:
+            assert session.execute(text("SHOW statement_timeout")).scalar() == "1234ms"
+            assert session.execute(text("SHOW jit")).scalar() == "on"
+            assert session.execute(text("SHOW max_parallel_workers_per_gather")).scalar() == "0"
+    finally:
+        db.dispose()
+
+
+def statement_times(db: Database, snapshot: bool) -> tuple[Any, Any]:
+    with db.read(snapshot=snapshot) as session:
+        first = session.execute(text("SELECT now()")).scalar()
+        time.sleep(0.01)
+        return first, session.execute(text("SELECT now()")).scalar()
+
+
+def test_a_read_of_one_statement_runs_outside_a_transaction(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    try:
+        first, second = statement_times(db, snapshot=True)
+        assert first == second  # one transaction: now() is its start
+        first, second = statement_times(db, snapshot=False)
+        assert second > first  # each statement its own
+        # and a connection used that way goes back to the pool in its usual state
+        for _ in range(3):
+            first, second = statement_times(db, snapshot=True)
+            assert first == second
+        with db.connect_for_one_read() as connection:
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+            assert connection.connection.driver_connection.autocommit  # type: ignore[union-attr]
     finally:
         db.dispose()

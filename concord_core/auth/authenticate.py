@@ -133,18 +133,19 @@ def authenticate(
     db: Database, settings: Settings, credential: str | None, local_owner_id: str | None
 ) -> Principal:
     """The principal for a credential (or for none: the local owner in public mode, else anonymous)."""
-    # A plain connection, not a session: one Core query needs none of the ORM's machinery.
+    # A plain connection, not a session: one Core query needs none of the ORM's machinery, nor a
+    # transaction.
     if credential is None:
         if settings.auth_mode is AuthMode.PUBLIC and local_owner_id:
-            with db.engine.connect() as connection:
+            with db.connect_for_one_read() as connection:
                 return load_principal(connection, local_owner_id) or ANONYMOUS
         return ANONYMOUS
     if not looks_like_key(credential):
         if settings.auth_mode is AuthMode.APIKEY:
             raise AuthenticationFailed("tokens_disabled")
-        with db.engine.connect() as connection:
+        with db.connect_for_one_read() as connection:
             return _from_token(connection, settings, credential)
-    with db.engine.connect() as connection:
+    with db.connect_for_one_read() as connection:
         principal, touch = _from_api_key(connection, credential)
     if touch is not None:
         # lastUsedAt to the minute: one small write per key per minute, not one per request.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, false, or_, true
@@ -137,15 +138,24 @@ def readable_filter(principal: Principal, model: type, *, listed: bool = True) -
     """
     if principal.is_admin:
         return true()
+    return _readable_filter(model, principal.user_id, tuple(sorted(principal.roles)), listed)
+
+
+@lru_cache(maxsize=4096)
+def _readable_filter(
+    model: type, user_id: str | None, workspace_ids: tuple[str, ...], listed: bool
+) -> ColumnElement[bool]:
+    # Made once per person and set of workspaces: building the expression costs more than compiling
+    # the statement around it (which SQLAlchemy caches), and an expression never changes once made.
     visibility = model.visibility  # type: ignore[attr-defined]
     clauses = [visibility == Visibility.PUBLIC.value]
     if not listed:
         clauses.append(visibility == Visibility.UNLISTED.value)
-    if principal.user_id is not None:
-        clauses.append(model.owner_id == principal.user_id)  # type: ignore[attr-defined]
-        if principal.roles:
+    if user_id is not None:
+        clauses.append(model.owner_id == user_id)  # type: ignore[attr-defined]
+        if workspace_ids:
             clauses.append(
-                (visibility != Visibility.PRIVATE.value) & model.workspace_id.in_(list(principal.roles))  # type: ignore[attr-defined]
+                (visibility != Visibility.PRIVATE.value) & model.workspace_id.in_(workspace_ids)  # type: ignore[attr-defined]
             )
     return or_(*clauses) if clauses else false()
 

@@ -216,16 +216,6 @@ class BrowseService:
             return query.where(literal_column("1") == 0), None
         return self._search(browsable, query, terms)
 
-    def _latency_first(self, session: Session, **more: str) -> None:
-        """PostgreSQL, for the rest of this transaction: no parallel workers and no JIT (both cost more to
-        start than a browse statement takes to run, and parallel workers queue behind a busy machine's
-        other work), plus any ``more`` settings (simple values only); one round trip."""
-        if not self.db.is_postgres:
-            return
-        settings = {"max_parallel_workers_per_gather": "0", "jit": "off", **more}
-        assert all(value.isalnum() for value in settings.values())
-        session.execute(text("; ".join(f"SET LOCAL {name} = {value}" for name, value in settings.items())))
-
     # -- the three answers ----------------------------------------------------------------------------
 
     def page(
@@ -244,7 +234,6 @@ class BrowseService:
         """A page of the rows the caller may read: the model's entities, or with ``columns`` (attribute
         names of the model; its id is always included) plain rows of just those columns."""
         self._check(browsable, request)
-        self._latency_first(session)
         query, rank = self._query(principal, browsable, request)
         sort = request.sort or (RELEVANCE if rank is not None else "created")
         if sort == RELEVANCE:
@@ -338,7 +327,6 @@ class BrowseService:
         if counters is not None:
             summed = select(func.sum(BrowseCount.count)).where(*self._counted(principal, browsable, counters))
             return int(session.scalar(summed) or 0)
-        self._latency_first(session)
         query, _rank = self._query(principal, browsable, request)
         return count(session, query)
 
@@ -457,7 +445,7 @@ class BrowseService:
         if connection.dialect.name == "postgresql":
             # At least 1 ms: 0 would mean no timeout at all.
             milliseconds = max(1, math.ceil(self.facet_budget_seconds * 1000))
-            self._latency_first(session, statement_timeout=str(milliseconds))
+            session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
             try:
                 yield
             except DBAPIError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import getpass
 import ipaddress
 import sys
@@ -116,8 +117,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             access_log=False,
         )
         return 0
-    uvicorn.run(create_app(runtime), host=host, port=port, log_config=None, access_log=False)
+    app = create_app(runtime)
+    freeze_startup_heap()
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     return 0
+
+
+def freeze_startup_heap() -> None:
+    """Take what start-up made (the schema, the lenses, the runtime) out of the garbage collector's sight:
+    it lives as long as the process, and otherwise every full collection a request's garbage triggers
+    walks it all again (0.3 ms per page of DTUs, measured). For a long-lived process only: what is
+    frozen is never collected."""
+    gc.collect()
+    gc.freeze()
 
 
 def serve_app() -> Any:
@@ -128,7 +140,9 @@ def serve_app() -> Any:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_json)
-    return create_app(Runtime.open(settings))
+    app = create_app(Runtime.open(settings))
+    freeze_startup_heap()
+    return app
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -148,7 +148,8 @@ async def browse_connection(
             last=last,
             before=before,
             columns=wanted,
-        )
+        ),
+        snapshot=False,  # a page is one statement
     )
     return Connection.from_page(page, BrowseScope(principal, browsable, request), to_node)
 
