@@ -718,12 +718,17 @@ MUTATIONS: dict[str, Case] = {
 }
 
 
+#: How long a subscription may take to send its first message (an answer or a refusal) before the matrix
+#: takes it as sending nothing: on a loaded 2-core machine a refusal took longer than a second.
+FIRST_MESSAGE_WAIT = 3.0
+
+
 def subscription(text: str, variables: Callable[[World], dict[str, Any]]) -> Runner:
     """Subscribe over a websocket (credentials in the handshake's headers); the first message, or
-    "<nothing>" when nothing came within a second."""
+    "<nothing>" when nothing came within FIRST_MESSAGE_WAIT seconds."""
 
     def run(w: World, actor: str) -> Call:
-        message = first_message(w.ws_url, text, variables(w), w.headers(actor))
+        message = first_message(w.ws_url, text, variables(w), w.headers(actor), wait=FIRST_MESSAGE_WAIT)
         root = text.split("{", 2)[1].split("(")[0].strip()
         if message is None:
             return Call({"data": {root: "<nothing>"}}, "")
