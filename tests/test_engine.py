@@ -61,7 +61,7 @@ def test_an_idle_connection_that_died_is_replaced(postgres_url: str, monkeypatch
 def test_every_postgres_session_has_short_statement_settings(postgres_url: str) -> None:
     db = Database(postgres_url)
     try:
-        for read in (db.read(), db.read(snapshot=False), db.write()):
+        for read in (db.read(), db.read(transaction=False), db.write()):
             with read as session:
                 assert session.execute(text("SHOW jit")).scalar() == "off"
                 assert session.execute(text("SHOW max_parallel_workers_per_gather")).scalar() == "0"
@@ -81,8 +81,8 @@ def test_options_in_the_database_url_still_apply_and_win(postgres_url: str) -> N
         db.dispose()
 
 
-def statement_times(db: Database, snapshot: bool) -> tuple[Any, Any]:
-    with db.read(snapshot=snapshot) as session:
+def statement_times(db: Database, transaction: bool) -> tuple[Any, Any]:
+    with db.read(transaction=transaction) as session:
         first = session.execute(text("SELECT now()")).scalar()
         time.sleep(0.01)
         return first, session.execute(text("SELECT now()")).scalar()
@@ -91,13 +91,13 @@ def statement_times(db: Database, snapshot: bool) -> tuple[Any, Any]:
 def test_a_read_of_one_statement_runs_outside_a_transaction(postgres_url: str) -> None:
     db = Database(postgres_url)
     try:
-        first, second = statement_times(db, snapshot=True)
+        first, second = statement_times(db, transaction=True)
         assert first == second  # one transaction: now() is its start
-        first, second = statement_times(db, snapshot=False)
+        first, second = statement_times(db, transaction=False)
         assert second > first  # each statement its own
         # and a connection used that way goes back to the pool in its usual state
         for _ in range(3):
-            first, second = statement_times(db, snapshot=True)
+            first, second = statement_times(db, transaction=True)
             assert first == second
         with db.connect_for_one_read() as connection:
             assert connection.execute(text("SELECT 1")).scalar() == 1

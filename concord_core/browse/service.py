@@ -351,7 +351,7 @@ class BrowseService:
         from_counters = [name for name in wanted if not plans[name][1]]
         if from_counters:
             # Counters are a bounded read (values times buckets): all such facets in one statement.
-            with self.db.read(snapshot=False) as session:
+            with self.db.read(transaction=False) as session:  # no budget: no SET LOCAL
                 rows = session.execute(self._top_values(plans, from_counters, limit)).all()
             for name in from_counters:
                 counted = sorted((row for row in rows if row.facet == name), key=lambda row: row.place)

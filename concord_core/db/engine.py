@@ -109,9 +109,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
-        # PostgreSQL reads of one statement need no transaction: autocommit saves BEGIN and ROLLBACK, two
-        # round trips (switching a pooled connection to autocommit and back is client-side only). SQLite
-        # reads stay in a transaction (in process, they cost no round trip).
+        # Reads that need no transaction: on PostgreSQL autocommit saves BEGIN and ROLLBACK, two round
+        # trips (switching a pooled connection to autocommit and back is client-side only). SQLite reads
+        # stay in a transaction (in process, they cost no round trip).
         self._single_reads = (
             self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
@@ -158,19 +158,20 @@ class Database:
                     action(self)
 
     @contextmanager
-    def read(self, *, snapshot: bool = True) -> Iterator[Session]:
+    def read(self, *, transaction: bool = True) -> Iterator[Session]:
         """A session for reading. Closing it ends its transaction without committing; objects it loaded
         stay usable (detached) after the block.
 
-        Every statement of a session sees the same snapshot of the database. ``snapshot=False`` is for a
-        read of one statement (a statement always sees one snapshot of its own): on PostgreSQL it runs
-        without a transaction, saving the two round trips of BEGIN and ROLLBACK, so two statements in it
-        may see different commits."""
-        with (self._reader if snapshot else self._single_reader)() as session:
+        ``transaction=False`` is for reads that need nothing a transaction gives: no ``SET LOCAL``, no
+        locks, no one snapshot shared by their statements. On PostgreSQL they run in autocommit, saving
+        two round trips (BEGIN and ROLLBACK) and reading the same rows: sessions read at READ COMMITTED,
+        where each statement sees what was committed before it began either way. On SQLite it is an
+        ordinary read (in process, no round trips; there a transaction does keep one snapshot)."""
+        with (self._reader if transaction else self._single_reader)() as session:
             yield session
 
     def connect_for_one_read(self) -> Connection:
-        """A Core connection for a read of one statement (see :meth:`read` with ``snapshot=False``)."""
+        """A Core connection for reads that need no transaction (see :meth:`read`)."""
         return self._single_reads.connect()
 
     def dispose(self) -> None:

@@ -149,7 +149,7 @@ async def browse_connection(
             before=before,
             columns=wanted,
         ),
-        snapshot=False,  # a page is one statement
+        transaction=False,  # no SET LOCAL, no locks
     )
     return Connection.from_page(page, BrowseScope(principal, browsable, request), to_node)
 

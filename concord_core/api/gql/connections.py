@@ -154,9 +154,8 @@ class Connection(Generic[NodeT]):
     async def total_count(self, info: GqlInfo) -> int:
         browse = info.context.runtime.browse
         scope = self.scope
-        # One statement (a counter sum or a count).
         return await info.context.read(
-            browse.total, scope.principal, scope.browsable, scope.request, snapshot=False
+            browse.total, scope.principal, scope.browsable, scope.request, transaction=False
         )
 
     @strawberry.field(

@@ -41,12 +41,12 @@ class Context(BaseContext):
         """Run blocking work (database, object store) off the event loop."""
         return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
 
-    async def read(self, func: Callable[..., T], *args: Any, snapshot: bool = True) -> T:
-        """Run ``func(session, *args)`` in a read session, off the event loop (``snapshot=False``: ``func``
-        sends one statement, see :meth:`Database.read`)."""
+    async def read(self, func: Callable[..., T], *args: Any, transaction: bool = True) -> T:
+        """Run ``func(session, *args)`` in a read session, off the event loop (``transaction=False``: see
+        :meth:`Database.read`)."""
 
         def work() -> T:
-            with self.runtime.db.read(snapshot=snapshot) as session:
+            with self.runtime.db.read(transaction=transaction) as session:
                 return func(session, *args)
 
         return await anyio.to_thread.run_sync(work)
