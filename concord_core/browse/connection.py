@@ -88,10 +88,15 @@ def paginate(
     last: int | None = None,
     before: str | None = None,
     row_columns: Sequence[ColumnElement[Any]] | None = None,
+    rows_of: tuple[type, ColumnElement[Any]] | None = None,
 ) -> Page[Any]:
     """One page of ``query`` (a select of one ORM entity) in ``ordering``, whose last key is the entity's
     primary key. The items are the entities; with ``row_columns``, plain rows of those columns instead (no
-    ORM objects to build, and only the columns the caller will read are fetched and decoded)."""
+    ORM objects to build, and only the columns the caller will read are fetched and decoded).
+
+    With ``rows_of`` (an entity and its primary key), ``query`` only finds the page's keys, from another
+    table whose last key holds that entity's primary key (tag postings): the items are then rows of that
+    entity (or of ``row_columns``, which are its columns)."""
     size, backwards = page_size(first, last)
     columns = list(ordering.columns)
     kinds = [_kind(column) for column in columns]
@@ -113,10 +118,11 @@ def paginate(
         .subquery("page_keys")
     )
     key_columns = [keys.c[f"k{n}"] for n in range(len(columns))]
-    wanted = list(row_columns) if row_columns is not None else [query.column_descriptions[0]["entity"]]
+    entity, row_id = rows_of if rows_of is not None else (query.column_descriptions[0]["entity"], columns[-1])
+    wanted = list(row_columns) if row_columns is not None else [entity]
     page = (
         select(*wanted, *key_columns)
-        .join(keys, columns[-1] == key_columns[-1])
+        .join(keys, row_id == key_columns[-1])
         .order_by(*(key.desc() if reverse else key.asc() for key in key_columns))
     )
     rows = list(session.execute(page).all())

@@ -144,3 +144,24 @@ def scope_sum(scopes: Mapping[str, int]) -> ColumnElement[Any]:
         (BrowseScopeCount.scope.in_(subtracted), -BrowseScopeCount.count), else_=BrowseScopeCount.count
     )
     return func.sum(signed)
+
+
+#: Search-vector lexemes of the access scopes (migration 0008): no search word can match one, since words
+#: are letters, digits and underscores.
+SEARCH_PUBLIC = "#p"
+SEARCH_OWNER = "#o"
+SEARCH_WORKSPACE = "#w"
+
+
+def search_scopes(principal: Principal, browsable: Browsable) -> list[str] | None:
+    """The access-scope lexemes of a scoped search vector that every row ``principal`` may list carries
+    at least one of (``#p`` on public rows, ``#o<owner>`` on any other, ``#w<workspace>`` on those its
+    workspace's members list: the three clauses of ``readable_filter``). None when they cannot say:
+    another access predicate, or an administrator (who reads everything)."""
+    if browsable.access is not readable_filter or principal.is_admin:
+        return None
+    lexemes = [SEARCH_PUBLIC]
+    if principal.user_id is not None:
+        lexemes.append(f"{SEARCH_OWNER}{principal.user_id}")
+        lexemes += [f"{SEARCH_WORKSPACE}{workspace_id}" for workspace_id in principal.roles]
+    return lexemes

@@ -51,6 +51,10 @@ class Search:
     sqlite_table: str
     postgres_column: str
     postgres_config: str = "english"
+    #: The PostgreSQL vector also holds lexemes naming its row's access scopes (migration 0008,
+    #: :func:`concord_core.browse.scopes.search_scopes`), so the GIN index can leave out rows the caller
+    #: cannot read before any row is visited.
+    scoped: bool = False
 
 
 @dataclass(frozen=True)
