@@ -210,6 +210,18 @@ HOSTILE_SEARCHES = [
 ]
 
 
+def test_a_search_of_stop_words_alone_finds_nothing(world: World) -> None:
+    """PostgreSQL drops stop words from a search, leaving an empty query that matches nothing; asking the
+    index for the caller's access scopes beside it must not turn that into every readable row."""
+    tag = new_tag()
+    create(world, "alice", "Alpha rows", tag)
+    create(world, "alice", "Beta rows", tag)
+    for who in ("alice", "bob", "anonymous", "dave"):
+        for order in (None, "RELEVANCE"):
+            found = search(world, who, "the", tag, orderBy={"field": order} if order else None)
+            assert (found["totalCount"], keys(found)) == (0, []), (who, order)
+
+
 def test_hostile_search_strings_get_typed_answers(world: World) -> None:
     tag = new_tag()
     create(world, "alice", "Alpha bravo", tag)

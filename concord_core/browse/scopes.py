@@ -165,3 +165,20 @@ def search_scopes(principal: Principal, browsable: Browsable) -> list[str] | Non
         lexemes.append(f"{SEARCH_OWNER}{principal.user_id}")
         lexemes += [f"{SEARCH_WORKSPACE}{workspace_id}" for workspace_id in principal.roles]
     return lexemes
+
+
+def scope_lexemes(table: str) -> str:
+    """SQL: the access-scope lexemes of a row of ``table`` (the same expression as migration 0008's)."""
+    return (
+        "array_to_tsvector(array_remove(ARRAY["
+        f"CASE WHEN {table}.visibility = 'public' THEN '#p' END, "
+        f"CASE WHEN {table}.visibility <> 'public' THEN '#o' || {table}.owner_id END, "
+        f"CASE WHEN {table}.visibility NOT IN ('public', 'private') THEN '#w' || {table}.workspace_id END"
+        "], NULL))"
+    )
+
+
+def title_search_vector(table: str, column: str, config: str) -> str:
+    """SQL: the title's vector and the row's access scopes, exactly the expression of the GIN index
+    ``ix_<table>_title_search`` (migration 0008), so the planner can use it."""
+    return f"(to_tsvector('{config}', coalesce({table}.{column}, '')) || {scope_lexemes(table)})"

@@ -38,9 +38,9 @@ from sqlalchemy.orm import Session, aliased
 
 from concord_core.auth.policy import readable_filter
 from concord_core.auth.principal import Principal
-from concord_core.browse.connection import AnySelect, Ordering, Page, count, paginate
+from concord_core.browse.connection import AnySelect, Ordering, Page, Part, count, paginate, paginate_parts
 from concord_core.browse.indexes import BUCKET, INDEXED, POSTINGS, ROLLED_UP, TOTAL
-from concord_core.browse.scopes import readable_scopes, scope_sum, search_scopes
+from concord_core.browse.scopes import readable_scopes, scope_sum, search_scopes, title_search_vector
 from concord_core.browse.source import Browsable, FilterKind
 from concord_core.db.engine import Database
 from concord_core.db.models import POSTING_SORTS, BrowseCount, BrowseScopeCount, EntityTag
@@ -97,6 +97,11 @@ def _storable(values: Sequence[str]) -> list[str]:
     """The filter values a row could hold. No stored text holds NUL (PostgreSQL cannot store it, and
     refuses it in a query), so a value with one matches nothing rather than reaching the database."""
     return [value for value in values if "\x00" not in value]
+
+
+def _tsquery_of(lexemes: Sequence[str]) -> str:
+    """A tsquery matching any of ``lexemes``, taken as they are (quoted, not parsed)."""
+    return " | ".join("'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'" for lexeme in lexemes)
 
 
 def _search_terms(text_query: str) -> list[str]:
@@ -185,12 +190,14 @@ class BrowseService:
             if scopes is not None:
                 # ... and one of the caller's access scopes, so the GIN index leaves out the rows the
                 # access predicate (still applied: query already holds it) would drop after reading them.
-                quoted = " | ".join("'" + s.replace("\\", "\\\\").replace("'", "''") + "'" for s in scopes)
-                matching = tsquery.op("&&")(cast(literal(quoted), TSQUERY))
+                matching = tsquery.op("&&")(cast(literal(_tsquery_of(scopes)), TSQUERY))
             # As double precision: ts_rank_cd's real comes back rounded to the nearest short decimal
             # (1.4 for 1.39999997...), which the real value is then below, so a cursor repeated its row.
             # Ranked by the words alone: the scope lexemes have no positions and are not in tsquery.
-            return query.where(vector.op("@@")(matching)), cast(func.ts_rank_cd(vector, tsquery), Double)
+            # Both conditions: words that are all stop words make an empty tsquery, which matches nothing,
+            # but "empty && scopes" is the scopes alone (GIN reads the shared lexemes once).
+            searched = query.where(vector.op("@@")(tsquery), vector.op("@@")(matching))
+            return searched, cast(func.ts_rank_cd(vector, tsquery), Double)
         name = browsable.search.sqlite_table
         fts = table(name, column("rowid"), column("title"), column("body"))
         match = " ".join(f'"{term}"*' for term in terms)
@@ -207,6 +214,44 @@ class BrowseService:
         # holding one would skip or repeat rows. Matches weighted like PostgreSQL's (title 1.0, the rest
         # 0.4), times 10: an integer that depends on the row and the search alone.
         return query, 5 * marks(0, fts.c.title) + 2 * marks(1, fts.c.body)
+
+    def _tiers(self, principal: Principal, browsable: Browsable, request: BrowseRequest) -> list[Part] | None:
+        """PostgreSQL, a searchable with a title: relevance as (tier, rank, id), descending, where tier 1
+        holds the rows whose title matches every search word (the weight-A lexemes of the vector) and tier
+        0 the other matches; the rank is ts_rank_cd within a tier. Tier 1 is found through the GIN index
+        on the title's vector and its access scopes (migration 0008), so a page it fills reads only rows
+        whose title matches, never every match; tier 0 is read only for the pages that reach it."""
+        search = browsable.search
+        terms = _search_terms(request.search or "")
+        if not self.db.is_postgres or search is None or search.postgres_title is None or not terms:
+            return None
+        model = browsable.model
+        base: AnySelect = select(model).where(
+            browsable.access(principal, model), *self._conditions(browsable, request)
+        )
+        vector: ColumnElement[Any] = literal_column(f"{browsable.table_name}.{search.postgres_column}")
+        words = func.to_tsquery(search.postgres_config, " & ".join(f"{t}:*" for t in terms))
+        in_title = func.to_tsquery(search.postgres_config, " & ".join(f"{t}:*A" for t in terms))
+        matching: ColumnElement[Any] = words
+        scopes = search_scopes(principal, browsable) if search.scoped else None
+        if scopes is not None:
+            matching = words.op("&&")(cast(literal(_tsquery_of(scopes)), TSQUERY))
+        title: ColumnElement[Any] = literal_column(
+            title_search_vector(browsable.table_name, search.postgres_title, search.postgres_config)
+        )
+        rank = cast(func.ts_rank_cd(vector, words), Double)
+        model_id = browsable.column("id")
+        return [
+            # Both conditions each time, as in _search: an empty tsquery && scopes is the scopes alone.
+            Part(
+                base.where(title.op("@@")(words), title.op("@@")(matching)), (literal(1), rank, model_id), 1
+            ),
+            Part(
+                base.where(vector.op("@@")(words), vector.op("@@")(matching), ~vector.op("@@")(in_title)),
+                (literal(0), rank, model_id),
+                0,
+            ),
+        ]
 
     def _query(
         self,
@@ -336,6 +381,19 @@ class BrowseService:
             )
         query, rank = self._query(principal, browsable, request)
         sort = request.sort or (RELEVANCE if rank is not None else "created")
+        tiers = self._tiers(principal, browsable, request) if sort == RELEVANCE and rank is not None else None
+        if tiers is not None:
+            return paginate_parts(
+                session,
+                tiers,
+                RELEVANCE,
+                (browsable.model, browsable.column("id")),
+                first=first,
+                after=after,
+                last=last,
+                before=before,
+                row_columns=selected,
+            )
         if sort == RELEVANCE:
             # A search with no words matches nothing; its (empty) pages still take relevance cursors.
             key = rank if rank is not None else cast(literal(0), Double)
