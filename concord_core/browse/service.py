@@ -4,7 +4,11 @@ Every query it builds starts from the browsable's access predicate, so items, to
 search hits always agree and never include a row the caller cannot read. Facets are disjunctive: a field's
 counts ignore that field's own filter. Unfiltered totals and counted facets are read from the
 ``browse_counts`` index (see :mod:`.indexes`), and a non-administrator's unfiltered tags facet from the
-counters by access scope (:mod:`.scopes`); everything else is counted live, within a time budget.
+counters by access scope (:mod:`.scopes`); everything else is counted live, within a time budget. A page,
+total or facet that requires one tag reads that tag's postings in ``entity_tags`` (which carry the rows'
+sort keys, access columns and facet values) instead of probing the rows. On PostgreSQL a search asks the
+GIN index for the caller's access scopes beside the words, and relevance ranks title matches first (a
+tier of their own, found through the title's index) so a first page rarely visits the other matches.
 """
 
 from __future__ import annotations
