@@ -60,8 +60,8 @@ def posting_attributes(browsable: Browsable) -> dict[str, str | None]:
 
 
 POSTINGS = {b.name: posting_attributes(b) for b in INDEXED.values() if b.tagged}
-#: One tag change of one row: source, id, tags removed, tags added, the posting values now (None when
-#: unchanged), and whether the postings it keeps must be rewritten.
+#: One tag change of one row: source, id, tags removed, tags added, the row's posting values now (empty
+#: for a deleted row), and whether the postings it keeps must be rewritten with them.
 TagChange = tuple[str, str, set[str], set[str], dict[str, Any], bool]
 
 
