@@ -107,6 +107,44 @@ def test_a_title_match_outranks_a_body_match(world: World) -> None:
     assert keys(newest) == [in_body, in_title]
 
 
+RELEVANCE_PAGES = """query($search: String, $tag: String!, $first: Int, $after: String, $last: Int,
+    $before: String) {
+  dtus(search: $search, filter: {tags: {anyOf: [$tag]}}, first: $first, after: $after, last: $last,
+       before: $before) {
+    edges { cursor node { id } } pageInfo { hasNextPage hasPreviousPage startCursor endCursor } } }"""
+
+
+def test_relevance_pages_forwards_and_backwards_agree_across_tiers(world: World) -> None:
+    """Relevance pages (on PostgreSQL: title matches, then the others, each tier read only while a page
+    needs it) list every match once whichever way they are followed, and a page can straddle the tiers.
+    On PostgreSQL a title match comes first even when a body repeats the word."""
+    tag = new_tag()
+    titled = [create(world, "alice", f"Harbour pilots {n}", tag) for n in range(3)]
+    summary = {"summary": "harbour harbour harbour pilots"}
+    bodied = [create(world, "alice", f"Coastal log {n}", tag, human=summary) for n in range(4)]
+    create(world, "alice", "Inland", tag)
+
+    def follow(direction: str) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            size, at = ("first", "after") if direction == "forwards" else ("last", "before")
+            variables = {"search": "harbour", "tag": tag, size: 2, at: cursor}
+            page = world.data("bob", RELEVANCE_PAGES, variables)["dtus"]
+            found = [key_of(edge["node"]["id"]) for edge in page["edges"]]
+            seen = seen + found if direction == "forwards" else found + seen
+            more = page["pageInfo"]["hasNextPage" if direction == "forwards" else "hasPreviousPage"]
+            if not more:
+                return seen
+            cursor = page["pageInfo"]["endCursor" if direction == "forwards" else "startCursor"]
+
+    forwards = follow("forwards")
+    assert sorted(forwards) == sorted(titled + bodied) and len(set(forwards)) == len(forwards)
+    assert follow("backwards") == forwards
+    if world.runtime.db.is_postgres:
+        assert set(forwards[:3]) == set(titled)
+
+
 def test_search_hits_totals_and_facets_are_scoped_by_access(world: World) -> None:
     tag = new_tag()
     for who, visibility, workspace in (
