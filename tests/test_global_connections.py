@@ -27,7 +27,7 @@ from global_world import BACKENDS, Query, World, all_rows, expected, open_world,
 from sqlalchemy import func, select
 
 from concord_core.browse.service import BrowseService
-from concord_core.db.models import Artifact, ArtifactVersion, Dtu, DtuVersion
+from concord_core.db.models import Artifact, ArtifactVersion, Dtu, DtuVersion, EntityTag
 from concord_core.db.types import new_id
 from concord_core.operators import accounts as account_ops
 from concord_core.operators import artifacts as artifact_ops
@@ -105,6 +105,44 @@ def test_a_title_match_outranks_a_body_match(world: World) -> None:
     assert keys(ascending) == [in_title, in_body]
     newest = search(world, "anonymous", "lighthouse", tag, orderBy={"field": "CREATED", "direction": "DESC"})
     assert keys(newest) == [in_body, in_title]
+
+
+RELEVANCE_PAGES = """query($search: String, $tag: String!, $first: Int, $after: String, $last: Int,
+    $before: String) {
+  dtus(search: $search, filter: {tags: {anyOf: [$tag]}}, first: $first, after: $after, last: $last,
+       before: $before) {
+    edges { cursor node { id } } pageInfo { hasNextPage hasPreviousPage startCursor endCursor } } }"""
+
+
+def test_relevance_pages_forwards_and_backwards_agree_across_tiers(world: World) -> None:
+    """Relevance pages (on PostgreSQL: title matches, then the others, each tier read only while a page
+    needs it) list every match once whichever way they are followed, and a page can straddle the tiers.
+    On PostgreSQL a title match comes first even when a body repeats the word."""
+    tag = new_tag()
+    titled = [create(world, "alice", f"Harbour pilots {n}", tag) for n in range(3)]
+    summary = {"summary": "harbour harbour harbour pilots"}
+    bodied = [create(world, "alice", f"Coastal log {n}", tag, human=summary) for n in range(4)]
+    create(world, "alice", "Inland", tag)
+
+    def follow(direction: str) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            size, at = ("first", "after") if direction == "forwards" else ("last", "before")
+            variables = {"search": "harbour", "tag": tag, size: 2, at: cursor}
+            page = world.data("bob", RELEVANCE_PAGES, variables)["dtus"]
+            found = [key_of(edge["node"]["id"]) for edge in page["edges"]]
+            seen = seen + found if direction == "forwards" else found + seen
+            more = page["pageInfo"]["hasNextPage" if direction == "forwards" else "hasPreviousPage"]
+            if not more:
+                return seen
+            cursor = page["pageInfo"]["endCursor" if direction == "forwards" else "startCursor"]
+
+    forwards = follow("forwards")
+    assert sorted(forwards) == sorted(titled + bodied) and len(set(forwards)) == len(forwards)
+    assert follow("backwards") == forwards
+    if world.runtime.db.is_postgres:
+        assert set(forwards[:3]) == set(titled)
 
 
 def test_search_hits_totals_and_facets_are_scoped_by_access(world: World) -> None:
@@ -208,6 +246,18 @@ HOSTILE_SEARCHES = [
     "",
     "   ",
 ]
+
+
+def test_a_search_of_stop_words_alone_finds_nothing(world: World) -> None:
+    """PostgreSQL drops stop words from a search, leaving an empty query that matches nothing; asking the
+    index for the caller's access scopes beside it must not turn that into every readable row."""
+    tag = new_tag()
+    create(world, "alice", "Alpha rows", tag)
+    create(world, "alice", "Beta rows", tag)
+    for who in ("alice", "bob", "anonymous", "dave"):
+        for order in (None, "RELEVANCE"):
+            found = search(world, who, "the", tag, orderBy={"field": order} if order else None)
+            assert (found["totalCount"], keys(found)) == (0, []), (who, order)
 
 
 def test_hostile_search_strings_get_typed_answers(world: World) -> None:
@@ -626,6 +676,82 @@ def test_the_tags_facet_follows_visibility_ownership_and_membership(world: World
         "bob": 4,
         "carol": 2,
     }
+
+
+def test_tag_postings_follow_every_change_of_their_row(world: World) -> None:
+    """A tag posting carries its row's sort keys, access columns and facet values; an edit, a publish and a
+    merge rewrite the postings the row keeps, and a tag removed or added removes or adds its posting."""
+    tag = new_tag()
+    ctx = world.ctx("alice")
+    summary = {"summary": "worth publishing"}
+    kept = dtu_ops.create_dtu(ctx, {"title": "Posted", "tags": [tag, f"{tag}-a"], "human": summary})
+    dtu_ops.edit_dtu(
+        ctx,
+        {"id": kept.id, "expected_version": 1, "title": "Renamed", "tier": "mega", "tags": [tag, f"{tag}-b"]},
+    )
+    dtu_ops.publish_dtu(ctx, kept.id, "unlisted")
+    absorbed = dtu_ops.create_dtu(ctx, {"title": "Absorbed", "tags": [f"{tag}-c"], "dtu_type": "claim"})
+    dtu_ops.merge_dtus(ctx, kept.id, [absorbed.id])
+
+    def postings(dtu_id: str) -> dict[str, tuple[Any, ...]]:
+        with world.runtime.db.read() as session:
+            rows = session.scalars(select(EntityTag).where(EntityTag.entity_id == dtu_id)).all()
+            return {
+                row.tag: (row.created_at, row.updated_at, row.title, row.visibility, row.workspace_id,
+                          row.owner_id, row.tier, row.type, row.status)
+                for row in rows
+            }  # fmt: skip
+
+    def carried(dtu_id: str) -> tuple[Any, ...]:
+        with world.runtime.db.read() as session:
+            row = session.get(Dtu, dtu_id)
+            assert row is not None
+            return (row.created_at, row.updated_at, row.title, row.visibility, row.workspace_id, row.owner_id,
+                    row.tier, row.dtu_type, row.status)  # fmt: skip
+
+    now_kept = carried(kept.id)
+    assert now_kept[2:4] == ("Renamed", "unlisted") and now_kept[6] == "mega"
+    assert postings(kept.id) == {t: now_kept for t in (tag, f"{tag}-b", f"{tag}-c")}
+    now_absorbed = carried(absorbed.id)
+    assert now_absorbed[8] == "merged" and postings(absorbed.id) == {f"{tag}-c": now_absorbed}
+
+
+def test_a_page_filtered_by_one_tag_reads_its_postings_alone(world: World) -> None:
+    """A page, total and facet filtered by one tag (and a tier) are read from the tag's postings, never
+    probing the rows; the page's cursors are those of any other page in the same order."""
+    tag = new_tag()
+    made = [
+        create(world, "alice", f"Posting page {n}", tag, tier="hyper" if n % 3 else "regular")
+        for n in range(9)
+    ]
+    hyper = [dtu_id for n, dtu_id in enumerate(made) if n % 3][::-1]  # newest first
+    document = """query($tag: String!, $after: String) {
+      dtus(first: 4, after: $after, filter: {tags: {anyOf: [$tag]}, tier: [HYPER]}) {
+        totalCount edges { cursor node { id title } } pageInfo { hasNextPage endCursor }
+        facets(fields: ["tier", "type"]) { field values { value count } } } }"""
+    seen: list[str] = []
+    after = None
+    with statements(world.runtime.db.engine) as sent:
+        while True:
+            page = world.data("bob", document, {"tag": tag, "after": after})["dtus"]
+            seen += keys(page)
+            assert page["totalCount"] == len(hyper)
+            facets = {facet["field"]: facet["values"] for facet in page["facets"]}
+            assert facets["tier"] == [{"value": "hyper", "count": 6}, {"value": "regular", "count": 3}]
+            assert facets["type"] == [{"value": "note", "count": 6}]
+            if not page["pageInfo"]["hasNextPage"]:
+                break
+            after = page["pageInfo"]["endCursor"]
+    assert seen == hyper
+    reads = [" ".join(s.split()).lower() for s in sent if s.lstrip().upper().startswith("SELECT")]
+    assert reads and not any("in (select entity_tags.entity_id" in s for s in reads), reads
+    # The same cursor continues an unfiltered page in the same order (created, newest first).
+    page = world.data("bob", document, {"tag": tag})["dtus"]
+    cursor = page["edges"][1]["cursor"]
+    everything = world.data(
+        "bob", "query($after: String) { dtus(first: 2, after: $after) { nodes { id } } }", {"after": cursor}
+    )["dtus"]
+    assert everything["nodes"]  # a valid cursor there too
 
 
 def test_the_indexes_still_match_a_rebuild(world: World) -> None:

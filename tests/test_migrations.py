@@ -310,3 +310,75 @@ def test_scope_counts_are_filled_from_the_bucket_counts(empty_database_url: str)
         }
     finally:
         db.dispose()
+
+
+def test_tag_postings_and_search_scopes_are_filled_from_existing_rows(empty_database_url: str) -> None:
+    """0008 makes entity_tags anew from the DTUs' and artifacts' rows, each posting carrying its row's sort
+    keys, access columns and facet values; on PostgreSQL the search vectors gain their access scopes."""
+    db = Database(empty_database_url)
+    when = "'2025-01-02 03:04:05'"
+    try:
+        command.upgrade(migrate.alembic_config(db.url), "0007")
+        with db.engine.begin() as conn:
+            conn.execute(
+                text(
+                    f"INSERT INTO users (id, email, display_name, is_admin, created_at, updated_at) "
+                    f"VALUES ('u1', 'u1@example.com', 'U', false, {when}, {when})"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO workspaces (id, name, created_at, updated_at) "
+                    f"VALUES ('w1', 'W', {when}, {when})"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO dtus (id, workspace_id, owner_id, version, title, human, core, machine, "
+                    "tags, tier, dtu_type, visibility, citation_mode, citations, status, content_hash, "
+                    "created_at, updated_at) VALUES ('d1', 'w1', 'u1', 1, 'Jazz standards', '{}', '{}', "
+                    "'{}', "
+                    f"'[\"jazz\", \"folk\"]', 'mega', 'claim', 'workspace', 'original', '[]', 'active', 'h', "
+                    f"{when}, '2025-02-03 04:05:06')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO artifacts (id, workspace_id, owner_id, name, kind, visibility, tags, "
+                    f"current_version, created_at, updated_at) VALUES ('a1', 'w1', 'u1', 'Tape', 'audio', "
+                    f"'public', '[\"jazz\"]', 0, {when}, {when})"
+                )
+            )
+        migrate.upgrade(db)
+        with db.engine.connect() as conn:
+            postings = {
+                tuple(str(value) if value is not None else None for value in row)
+                for row in conn.execute(
+                    text(
+                        "SELECT source, entity_id, tag, title, visibility, workspace_id, owner_id, tier, "
+                        "type, status FROM entity_tags"
+                    )
+                )
+            }
+            stamps = set(
+                conn.execute(text("SELECT created_at, updated_at FROM entity_tags WHERE tag = 'folk'"))
+            )
+            if db.is_postgres:
+                scoped = conn.execute(
+                    text(
+                        "SELECT id FROM dtus "
+                        "WHERE search_vector @@ ($$'#ww1'$$::tsquery && to_tsquery('jazz'))"
+                    )
+                ).all()
+                assert scoped == [("d1",)]
+        assert postings == {
+            ("dtus", "d1", "jazz", "Jazz standards", "workspace", "w1", "u1", "mega", "claim", "active"),
+            ("dtus", "d1", "folk", "Jazz standards", "workspace", "w1", "u1", "mega", "claim", "active"),
+            ("artifacts", "a1", "jazz", "Tape", "public", "w1", "u1", None, "audio", None),
+        }
+        [(created, updated)] = stamps
+        assert str(created).startswith("2025-01-02 03:04:05") and str(updated).startswith(
+            "2025-02-03 04:05:06"
+        )
+    finally:
+        db.dispose()

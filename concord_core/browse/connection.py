@@ -88,10 +88,15 @@ def paginate(
     last: int | None = None,
     before: str | None = None,
     row_columns: Sequence[ColumnElement[Any]] | None = None,
+    rows_of: tuple[type, ColumnElement[Any]] | None = None,
 ) -> Page[Any]:
     """One page of ``query`` (a select of one ORM entity) in ``ordering``, whose last key is the entity's
     primary key. The items are the entities; with ``row_columns``, plain rows of those columns instead (no
-    ORM objects to build, and only the columns the caller will read are fetched and decoded)."""
+    ORM objects to build, and only the columns the caller will read are fetched and decoded).
+
+    With ``rows_of`` (an entity and its primary key), ``query`` only finds the page's keys, from another
+    table whose last key holds that entity's primary key (tag postings): the items are then rows of that
+    entity (or of ``row_columns``, which are its columns)."""
     size, backwards = page_size(first, last)
     columns = list(ordering.columns)
     kinds = [_kind(column) for column in columns]
@@ -113,10 +118,11 @@ def paginate(
         .subquery("page_keys")
     )
     key_columns = [keys.c[f"k{n}"] for n in range(len(columns))]
-    wanted = list(row_columns) if row_columns is not None else [query.column_descriptions[0]["entity"]]
+    entity, row_id = rows_of if rows_of is not None else (query.column_descriptions[0]["entity"], columns[-1])
+    wanted = list(row_columns) if row_columns is not None else [entity]
     page = (
         select(*wanted, *key_columns)
-        .join(keys, columns[-1] == key_columns[-1])
+        .join(keys, row_id == key_columns[-1])
         .order_by(*(key.desc() if reverse else key.asc() for key in key_columns))
     )
     rows = list(session.execute(page).all())
@@ -136,3 +142,76 @@ def paginate(
 def count(session: Session, query: AnySelect) -> int:
     """The number of rows ``query`` matches (before paging)."""
     return int(session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of an ordering read in parts: the rows of ``query`` whose first sort key is the constant
+    ``lead`` (``columns`` are the ordering's keys for these rows, ``lead`` first)."""
+
+    query: AnySelect
+    columns: Sequence[ColumnElement[Any]]
+    lead: int
+
+
+def paginate_parts(
+    session: Session,
+    parts: Sequence[Part],
+    name: str,
+    rows_of: tuple[type, ColumnElement[Any]],
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+    row_columns: Sequence[ColumnElement[Any]] | None = None,
+) -> Page[Any]:
+    """One page of rows ordered descending by keys whose first is a small integer that tells disjoint
+    ``parts`` apart (a search's tiers). Each part is read, in order, only while the page still needs
+    rows, so a page the first part fills never reads the others; a part the cursor is past is skipped.
+    Then the page's rows are read by ``rows_of`` (an entity and its primary key), whole or as
+    ``row_columns``."""
+    size, backwards = page_size(first, last)
+    kinds = [int, *(_kind(column) for column in parts[0].columns[1:])]
+    bounds = [
+        (decode_cursor(cursor, name, kinds, field), ascending)
+        for cursor, field, ascending in ((after, "after", False), (before, "before", True))
+        if cursor
+    ]
+    reverse = not backwards  # descending order, unless paging backwards
+    found: list[tuple[Any, ...]] = []
+    for part in parts if reverse else list(reversed(parts)):
+        wanted = size + 1 - len(found)
+        if wanted <= 0:
+            break
+        # A part whose tier lies beyond a cursor has no row on this page.
+        if any(part.lead < values[0] if ascending else part.lead > values[0] for values, ascending in bounds):
+            continue
+        query = part.query
+        for values, ascending in bounds:
+            query = query.where(_after(part.columns, values, not ascending))
+        labels = [column.label(f"k{n}") for n, column in enumerate(part.columns)]
+        keys = (
+            query.with_only_columns(*labels)
+            .order_by(*(label.desc() if reverse else label.asc() for label in labels))
+            .limit(wanted)
+        )
+        found += [tuple(row) for row in session.execute(keys).all()]
+    more = len(found) > size
+    found = found[:size]
+    if backwards:
+        found.reverse()
+    entity, row_id = rows_of
+    wanted_columns = list(row_columns) if row_columns is not None else [entity]
+    by_id: dict[Any, Any] = {}
+    if found:
+        fetched = session.execute(
+            select(*wanted_columns, row_id.label("page_row_id")).where(row_id.in_([k[-1] for k in found]))
+        )
+        by_id = {row[-1]: row if row_columns is not None else row[0] for row in fetched.all()}
+    return Page(
+        items=[by_id[key[-1]] for key in found],
+        cursors=[encode_cursor(name, key) for key in found],
+        has_next_page=more if not backwards else bool(before),
+        has_previous_page=more if backwards else bool(after),
+    )

@@ -1,6 +1,9 @@
 """Derived browse indexes, kept in the same transaction as the rows they describe.
 
-* ``entity_tags``: one row per (browsable, row, tag), so tag filters and tag facets use an index.
+* ``entity_tags``: one row per (browsable, row, tag), so tag filters and tag facets use an index. Each
+  of these postings carries its row's sort keys, access columns and single-valued facet values
+  (:func:`posting_attributes`), so a page or a facet filtered by one tag reads postings alone; a change
+  to any of them rewrites the row's postings in the same flush.
 * ``browse_counts``: per browsable, per access bucket (visibility, workspace, owner), how many rows have
   each value of each counted facet (facet ``""``: the rows themselves). Unfiltered totals and facets then
   sum a few buckets, scoped by the same policy filter as everything else, instead of scanning every row.
@@ -19,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, delete, event, func, insert, literal, select
+from sqlalchemy import Connection, bindparam, delete, event, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, UOWTransaction
 from sqlalchemy.orm.attributes import get_history
@@ -27,8 +30,14 @@ from sqlalchemy.orm.attributes import get_history
 from concord_core.browse.scopes import rebuild_scopes, rolled_up, scope_deltas, upsert_scopes
 from concord_core.browse.source import Browsable
 from concord_core.browse.sources import KERNEL_BROWSABLES
-from concord_core.db.models import BrowseCount, BrowseScopeCount, EntityTag
-from concord_core.db.types import new_id
+from concord_core.db.models import (
+    POSTING_FACETS,
+    POSTING_SORTS,
+    BrowseCount,
+    BrowseScopeCount,
+    EntityTag,
+)
+from concord_core.db.types import new_id, utcnow
 
 TOTAL = ""
 BUCKET = ("visibility", "workspace_id", "owner_id")
@@ -36,6 +45,24 @@ INDEXED: dict[type, Browsable] = {b.model: b for b in KERNEL_BROWSABLES if b.tag
 ROLLED_UP = {b.name: rolled_up(b) for b in INDEXED.values()}  # source -> facets also kept by scope
 
 Key = tuple[str, str, str, str, str, str]  # source, facet, value, visibility, workspace, owner
+
+
+def posting_attributes(browsable: Browsable) -> dict[str, str | None]:
+    """What each posting column of ``browsable``'s tags holds: the model attribute it copies, or None (the
+    browsable has no such facet; the column stays NULL). Tagged browsables sort by created, updated and
+    title."""
+    columns: dict[str, str | None] = {column: browsable.sorts[sort] for sort, column in POSTING_SORTS.items()}
+    columns.update({name: name for name in BUCKET})
+    for name in POSTING_FACETS:
+        facet = browsable.facets.get(name)
+        columns[name] = facet.attribute if facet is not None else None
+    return columns
+
+
+POSTINGS = {b.name: posting_attributes(b) for b in INDEXED.values() if b.tagged}
+#: One tag change of one row: source, id, tags removed, tags added, the row's posting values now (empty
+#: for a deleted row), and whether the postings it keeps must be rewritten with them.
+TagChange = tuple[str, str, set[str], set[str], dict[str, Any], bool]
 
 
 def _value(obj: Any, attribute: str, *, old: bool) -> Any:
@@ -59,6 +86,24 @@ def _keys(browsable: Browsable, obj: Any, *, old: bool) -> tuple[list[Key], set[
         else:
             keys.append((browsable.name, facet.name, str(_value(obj, facet.attribute, old=old)), *bucket))
     return keys, tags
+
+
+def _postings(browsable: Browsable, obj: Any, *, old: bool) -> dict[str, Any]:
+    """The posting columns of one row (its values before this flush with ``old``)."""
+    return {
+        column: None if attribute is None else _value(obj, attribute, old=old)
+        for column, attribute in POSTINGS[browsable.name].items()
+    }
+
+
+def _apply_defaults(browsable: Browsable, obj: Any) -> None:
+    """A row added to the session gets its column defaults when it is inserted, after this hook: apply the
+    Python-side ones its postings copy now (what the INSERT would have applied)."""
+    table = browsable.model.__table__  # type: ignore[attr-defined]
+    for attribute in filter(None, POSTINGS[browsable.name].values()):
+        default = table.c[browsable.column(attribute).key].default
+        if getattr(obj, attribute) is None and default is not None:
+            setattr(obj, attribute, default.arg(None) if default.is_callable else default.arg)
 
 
 def _upsert_statement(dialect: Any) -> Any:
@@ -96,7 +141,7 @@ def _upsert(connection: Connection, deltas: Counter[Key]) -> None:
 @event.listens_for(Session, "before_flush")
 def _maintain(session: Session, _flush: UOWTransaction, _instances: Iterable[Any] | None) -> None:
     deltas: Counter[Key] = Counter()
-    tag_changes: list[tuple[str, str, set[str], set[str]]] = []  # source, id, removed, added
+    tag_changes: list[TagChange] = []
     for obj in session.new:
         browsable = INDEXED.get(type(obj))
         if browsable is not None:
@@ -104,7 +149,11 @@ def _maintain(session: Session, _flush: UOWTransaction, _instances: Iterable[Any
                 obj.id = new_id()
             keys, tags = _keys(browsable, obj, old=False)
             deltas.update(keys)
-            tag_changes.append((browsable.name, obj.id, set(), tags))
+            if tags:
+                _apply_defaults(browsable, obj)
+                tag_changes.append(
+                    (browsable.name, obj.id, set(), tags, _postings(browsable, obj, old=False), False)
+                )
     for obj in session.dirty:
         browsable = INDEXED.get(type(obj))
         if browsable is not None and session.is_modified(obj, include_collections=False):
@@ -112,14 +161,23 @@ def _maintain(session: Session, _flush: UOWTransaction, _instances: Iterable[Any
             new_keys, new_tags = _keys(browsable, obj, old=False)
             deltas.subtract(old_keys)
             deltas.update(new_keys)
-            if old_tags != new_tags:
-                tag_changes.append((browsable.name, obj.id, old_tags - new_tags, new_tags - old_tags))
+            if not (old_tags or new_tags):
+                continue
+            if "updated_at" in POSTINGS[browsable.name].values() and not get_history(obj, "updated_at").added:
+                obj.updated_at = utcnow()  # what the column's onupdate would set in this flush, known now
+            postings = _postings(browsable, obj, old=False)
+            moved = postings != _postings(browsable, obj, old=True) and bool(old_tags & new_tags)
+            if old_tags != new_tags or moved:
+                tag_changes.append(
+                    (browsable.name, obj.id, old_tags - new_tags, new_tags - old_tags, postings, moved)
+                )
     for obj in session.deleted:
         browsable = INDEXED.get(type(obj))
         if browsable is not None:
             keys, tags = _keys(browsable, obj, old=True)
             deltas.subtract(keys)
-            tag_changes.append((browsable.name, obj.id, tags, set()))
+            if tags:
+                tag_changes.append((browsable.name, obj.id, tags, set(), {}, False))
     if not deltas and not tag_changes:
         return
     _write(session.connection(), deltas, tag_changes)
@@ -131,17 +189,26 @@ def index_inserted(connection: Connection, obj: Any) -> None:
     browsable = INDEXED.get(type(obj))
     if browsable is not None:
         keys, tags = _keys(browsable, obj, old=False)
-        _write(connection, Counter(keys), [(browsable.name, obj.id, set(), tags)])
+        changes: list[TagChange] = []
+        if tags:
+            changes.append((browsable.name, obj.id, set(), tags, _postings(browsable, obj, old=False), False))
+        _write(connection, Counter(keys), changes)
 
 
 _ENTITY_TAGS = EntityTag.metadata.tables["entity_tags"]
 _INSERT_TAGS = insert(_ENTITY_TAGS)
+_POSTING_COLUMNS = [*POSTING_SORTS.values(), *BUCKET, *POSTING_FACETS]
+_UPDATE_POSTINGS = (
+    update(_ENTITY_TAGS)
+    .where(_ENTITY_TAGS.c.source == bindparam("b_source"), _ENTITY_TAGS.c.entity_id == bindparam("b_id"))
+    .values({name: bindparam(name) for name in _POSTING_COLUMNS})
+)
 
 
-def _write(
-    connection: Connection, deltas: Counter[Key], tag_changes: list[tuple[str, str, set[str], set[str]]]
-) -> None:
-    for source, entity_id, removed, added in tag_changes:
+def _write(connection: Connection, deltas: Counter[Key], tag_changes: list[TagChange]) -> None:
+    """Tag postings first (removed, then the kept ones rewritten if their row moved, then added), then
+    the counters."""
+    for source, entity_id, removed, _added, _values, _moved in tag_changes:
         if removed:
             connection.execute(
                 delete(_ENTITY_TAGS).where(
@@ -150,21 +217,40 @@ def _write(
                     _ENTITY_TAGS.c.tag.in_(sorted(removed)),
                 )
             )
-        if added:
-            rows = [{"source": source, "entity_id": entity_id, "tag": tag} for tag in sorted(added)]
-            connection.execute(_INSERT_TAGS, rows)
+    rewritten = [
+        {"b_source": source, "b_id": entity_id, **values}
+        for source, entity_id, _removed, _added, values, moved in tag_changes
+        if moved
+    ]
+    if rewritten:
+        connection.execute(_UPDATE_POSTINGS, rewritten)
+    added_rows = [
+        {"source": source, "entity_id": entity_id, "tag": tag, **values}
+        for source, entity_id, _removed, added, values, _moved in tag_changes
+        for tag in sorted(added)
+    ]
+    if added_rows:
+        connection.execute(_INSERT_TAGS, added_rows)
     _upsert(connection, deltas)
     upsert_scopes(connection, scope_deltas(deltas, ROLLED_UP))
 
 
 def _tag_rows(connection: Connection, browsable: Browsable) -> Any:
-    """(id, tag) for every tag of every row, expanded from the rows' JSON tag lists."""
+    """Every tag of every row, expanded from the rows' JSON tag lists, with the posting columns:
+    (id, tag, then ``_POSTING_COLUMNS`` in order)."""
     table = browsable.model.__table__  # type: ignore[attr-defined]
     if connection.dialect.name == "postgresql":
         tag = func.jsonb_array_elements_text(table.c.tags).table_valued("value").alias("tag")
     else:
         tag = func.json_each(table.c.tags).table_valued("value").alias("tag")
-    return select(table.c.id, tag.c.value).select_from(table).join(tag, literal(True))
+    attributes = POSTINGS[browsable.name]
+    values = [
+        literal(None, EntityTag.__table__.c[name].type).label(name)
+        if attributes[name] is None
+        else table.c[browsable.column(attributes[name]).key].label(name)  # type: ignore[arg-type]
+        for name in _POSTING_COLUMNS
+    ]
+    return select(table.c.id, tag.c.value.label("tag"), *values).select_from(table).join(tag, literal(True))
 
 
 def rebuild(connection: Connection, browsable: Browsable) -> None:
@@ -178,8 +264,8 @@ def rebuild(connection: Connection, browsable: Browsable) -> None:
         tags = _tag_rows(connection, browsable).subquery()
         connection.execute(
             insert(EntityTag).from_select(
-                ["source", "entity_id", "tag"],
-                select(literal(browsable.name), tags.c.id, tags.c.value).distinct(),
+                ["source", "entity_id", "tag", *_POSTING_COLUMNS],
+                select(literal(browsable.name), *tags.c).distinct(),
             )
         )
     total = select(literal(browsable.name), literal(TOTAL), literal(TOTAL), *bucket, func.count()).group_by(
@@ -213,9 +299,7 @@ def snapshot(
     connection: Connection,
 ) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]], set[tuple[Any, ...]]]:
     """The indexes as sets (zero counts left out), for comparing with a rebuild."""
-    tags = {
-        tuple(row) for row in connection.execute(select(EntityTag.source, EntityTag.entity_id, EntityTag.tag))
-    }
+    tags = {tuple(row) for row in connection.execute(select(_ENTITY_TAGS))}
     counts = {
         tuple(row)
         for row in connection.execute(

@@ -144,3 +144,41 @@ def scope_sum(scopes: Mapping[str, int]) -> ColumnElement[Any]:
         (BrowseScopeCount.scope.in_(subtracted), -BrowseScopeCount.count), else_=BrowseScopeCount.count
     )
     return func.sum(signed)
+
+
+#: Search-vector lexemes of the access scopes (migration 0008): no search word can match one, since words
+#: are letters, digits and underscores.
+SEARCH_PUBLIC = "#p"
+SEARCH_OWNER = "#o"
+SEARCH_WORKSPACE = "#w"
+
+
+def search_scopes(principal: Principal, browsable: Browsable) -> list[str] | None:
+    """The access-scope lexemes of a scoped search vector that every row ``principal`` may list carries
+    at least one of (``#p`` on public rows, ``#o<owner>`` on any other, ``#w<workspace>`` on those its
+    workspace's members list: the three clauses of ``readable_filter``). None when they cannot say:
+    another access predicate, or an administrator (who reads everything)."""
+    if browsable.access is not readable_filter or principal.is_admin:
+        return None
+    lexemes = [SEARCH_PUBLIC]
+    if principal.user_id is not None:
+        lexemes.append(f"{SEARCH_OWNER}{principal.user_id}")
+        lexemes += [f"{SEARCH_WORKSPACE}{workspace_id}" for workspace_id in principal.roles]
+    return lexemes
+
+
+def scope_lexemes(table: str) -> str:
+    """SQL: the access-scope lexemes of a row of ``table`` (the same expression as migration 0008's)."""
+    return (
+        "array_to_tsvector(array_remove(ARRAY["
+        f"CASE WHEN {table}.visibility = 'public' THEN '#p' END, "
+        f"CASE WHEN {table}.visibility <> 'public' THEN '#o' || {table}.owner_id END, "
+        f"CASE WHEN {table}.visibility NOT IN ('public', 'private') THEN '#w' || {table}.workspace_id END"
+        "], NULL))"
+    )
+
+
+def title_search_vector(table: str, column: str, config: str) -> str:
+    """SQL: the title's vector and the row's access scopes, exactly the expression of the GIN index
+    ``ix_<table>_title_search`` (migration 0008), so the planner can use it."""
+    return f"(to_tsvector('{config}', coalesce({table}.{column}, '')) || {scope_lexemes(table)})"

@@ -4,7 +4,11 @@ Every query it builds starts from the browsable's access predicate, so items, to
 search hits always agree and never include a row the caller cannot read. Facets are disjunctive: a field's
 counts ignore that field's own filter. Unfiltered totals and counted facets are read from the
 ``browse_counts`` index (see :mod:`.indexes`), and a non-administrator's unfiltered tags facet from the
-counters by access scope (:mod:`.scopes`); everything else is counted live, within a time budget.
+counters by access scope (:mod:`.scopes`); everything else is counted live, within a time budget. A page,
+total or facet that requires one tag reads that tag's postings in ``entity_tags`` (which carry the rows'
+sort keys, access columns and facet values) instead of probing the rows. On PostgreSQL a search asks the
+GIN index for the caller's access scopes beside the words, and relevance ranks title matches first (a
+tier of their own, found through the title's index) so a first page rarely visits the other matches.
 """
 
 from __future__ import annotations
@@ -32,16 +36,18 @@ from sqlalchemy import (
     text,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import TSQUERY
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
+from concord_core.auth.policy import readable_filter
 from concord_core.auth.principal import Principal
-from concord_core.browse.connection import AnySelect, Ordering, Page, count, paginate
-from concord_core.browse.indexes import BUCKET, INDEXED, ROLLED_UP, TOTAL
-from concord_core.browse.scopes import readable_scopes, scope_sum
+from concord_core.browse.connection import AnySelect, Ordering, Page, Part, count, paginate, paginate_parts
+from concord_core.browse.indexes import BUCKET, INDEXED, POSTINGS, ROLLED_UP, TOTAL
+from concord_core.browse.scopes import readable_scopes, scope_sum, search_scopes, title_search_vector
 from concord_core.browse.source import Browsable, FilterKind
 from concord_core.db.engine import Database
-from concord_core.db.models import BrowseCount, BrowseScopeCount, EntityTag
+from concord_core.db.models import POSTING_SORTS, BrowseCount, BrowseScopeCount, EntityTag
 from concord_core.operators.errors import ErrorCode, OperatorError
 
 DEFAULT_FACET_VALUES = 20
@@ -95,6 +101,11 @@ def _storable(values: Sequence[str]) -> list[str]:
     """The filter values a row could hold. No stored text holds NUL (PostgreSQL cannot store it, and
     refuses it in a query), so a value with one matches nothing rather than reaching the database."""
     return [value for value in values if "\x00" not in value]
+
+
+def _tsquery_of(lexemes: Sequence[str]) -> str:
+    """A tsquery matching any of ``lexemes``, taken as they are (quoted, not parsed)."""
+    return " | ".join("'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'" for lexeme in lexemes)
 
 
 def _search_terms(text_query: str) -> list[str]:
@@ -169,7 +180,7 @@ class BrowseService:
         return conditions
 
     def _search(
-        self, browsable: Browsable, query: AnySelect, terms: list[str]
+        self, principal: Principal, browsable: Browsable, query: AnySelect, terms: list[str]
     ) -> tuple[AnySelect, ColumnElement[Any]]:
         """Restrict ``query`` to rows matching every term; returns it with a rank (higher is better)."""
         assert browsable.search is not None
@@ -178,9 +189,19 @@ class BrowseService:
                 f"{browsable.table_name}.{browsable.search.postgres_column}"
             )
             tsquery = func.to_tsquery(browsable.search.postgres_config, " & ".join(f"{t}:*" for t in terms))
+            matching: ColumnElement[Any] = tsquery
+            scopes = search_scopes(principal, browsable) if browsable.search.scoped else None
+            if scopes is not None:
+                # ... and one of the caller's access scopes, so the GIN index leaves out the rows the
+                # access predicate (still applied: query already holds it) would drop after reading them.
+                matching = tsquery.op("&&")(cast(literal(_tsquery_of(scopes)), TSQUERY))
             # As double precision: ts_rank_cd's real comes back rounded to the nearest short decimal
             # (1.4 for 1.39999997...), which the real value is then below, so a cursor repeated its row.
-            return query.where(vector.op("@@")(tsquery)), cast(func.ts_rank_cd(vector, tsquery), Double)
+            # Ranked by the words alone: the scope lexemes have no positions and are not in tsquery.
+            # Both conditions: words that are all stop words make an empty tsquery, which matches nothing,
+            # but "empty && scopes" is the scopes alone (GIN reads the shared lexemes once).
+            searched = query.where(vector.op("@@")(tsquery), vector.op("@@")(matching))
+            return searched, cast(func.ts_rank_cd(vector, tsquery), Double)
         name = browsable.search.sqlite_table
         fts = table(name, column("rowid"), column("title"), column("body"))
         match = " ".join(f'"{term}"*' for term in terms)
@@ -198,6 +219,44 @@ class BrowseService:
         # 0.4), times 10: an integer that depends on the row and the search alone.
         return query, 5 * marks(0, fts.c.title) + 2 * marks(1, fts.c.body)
 
+    def _tiers(self, principal: Principal, browsable: Browsable, request: BrowseRequest) -> list[Part] | None:
+        """PostgreSQL, a searchable with a title: relevance as (tier, rank, id), descending, where tier 1
+        holds the rows whose title matches every search word (the weight-A lexemes of the vector) and tier
+        0 the other matches; the rank is ts_rank_cd within a tier. Tier 1 is found through the GIN index
+        on the title's vector and its access scopes (migration 0008), so a page it fills reads only rows
+        whose title matches, never every match; tier 0 is read only for the pages that reach it."""
+        search = browsable.search
+        terms = _search_terms(request.search or "")
+        if not self.db.is_postgres or search is None or search.postgres_title is None or not terms:
+            return None
+        model = browsable.model
+        base: AnySelect = select(model).where(
+            browsable.access(principal, model), *self._conditions(browsable, request)
+        )
+        vector: ColumnElement[Any] = literal_column(f"{browsable.table_name}.{search.postgres_column}")
+        words = func.to_tsquery(search.postgres_config, " & ".join(f"{t}:*" for t in terms))
+        in_title = func.to_tsquery(search.postgres_config, " & ".join(f"{t}:*A" for t in terms))
+        matching: ColumnElement[Any] = words
+        scopes = search_scopes(principal, browsable) if search.scoped else None
+        if scopes is not None:
+            matching = words.op("&&")(cast(literal(_tsquery_of(scopes)), TSQUERY))
+        title: ColumnElement[Any] = literal_column(
+            title_search_vector(browsable.table_name, search.postgres_title, search.postgres_config)
+        )
+        rank = cast(func.ts_rank_cd(vector, words), Double)
+        model_id = browsable.column("id")
+        return [
+            # Both conditions each time, as in _search: an empty tsquery && scopes is the scopes alone.
+            Part(
+                base.where(title.op("@@")(words), title.op("@@")(matching)), (literal(1), rank, model_id), 1
+            ),
+            Part(
+                base.where(vector.op("@@")(words), vector.op("@@")(matching), ~vector.op("@@")(in_title)),
+                (literal(0), rank, model_id),
+                0,
+            ),
+        ]
+
     def _query(
         self,
         principal: Principal,
@@ -214,7 +273,63 @@ class BrowseService:
         terms = _search_terms(request.search)
         if not terms:
             return query.where(literal_column("1") == 0), None
-        return self._search(browsable, query, terms)
+        return self._search(principal, browsable, query, terms)
+
+    def _postings(
+        self, principal: Principal, browsable: Browsable, request: BrowseRequest, skip: str | None = None
+    ) -> list[ColumnElement[bool]] | None:
+        """The conditions on ``entity_tags`` that select one posting per row ``request`` matches (leaving out
+        the filter named ``skip``): the postings of one tag the request requires, checked against the
+        access predicate and every other filter by the columns a posting carries. None if the request
+        does not require a tag, needs any of several (a row would have a posting for each), searches, or
+        filters on something postings do not carry."""
+        attributes = POSTINGS.get(browsable.name)
+        if attributes is None or request.search is not None or browsable.access is not readable_filter:
+            return None
+        column_of = {attribute: name for name, attribute in attributes.items() if attribute is not None}
+        driving: str | None = None
+        conditions: list[ColumnElement[bool]] = []
+        for name, value in request.filters.items():
+            if name == skip:
+                continue
+            spec = browsable.filters[name]
+            if spec.kind is FilterKind.TAGS:
+                assert isinstance(value, TagFilter)
+                if len(value.any_of) > 1:
+                    return None
+                required = [*value.any_of, *value.all_of]
+                if not required or any(_storable([tag]) != [tag] for tag in required):
+                    return None
+                driving = required[0]
+                for tag in dict.fromkeys(required[1:]):
+                    also = aliased(EntityTag)
+                    conditions.append(
+                        EntityTag.entity_id.in_(
+                            select(also.entity_id).where(also.source == browsable.name, also.tag == tag)
+                        )
+                    )
+                continue
+            column_name = column_of.get(spec.attribute or "")
+            if column_name is None:
+                return None
+            posting_column = getattr(EntityTag, column_name)
+            if spec.kind is FilterKind.RANGE:
+                assert isinstance(value, RangeFilter)
+                if value.start is not None:
+                    conditions.append(posting_column >= value.start)
+                if value.end is not None:
+                    conditions.append(posting_column < value.end)
+            else:
+                assert not isinstance(value, TagFilter | RangeFilter)
+                conditions.append(posting_column.in_(_storable(value)))
+        if driving is None:
+            return None
+        return [
+            EntityTag.source == browsable.name,
+            EntityTag.tag == driving,
+            browsable.access(principal, EntityTag),
+            *conditions,
+        ]
 
     # -- the three answers ----------------------------------------------------------------------------
 
@@ -234,8 +349,44 @@ class BrowseService:
         """A page of the rows the caller may read: the model's entities, or with ``columns`` (attribute
         names of the model; its id is always included) plain rows of just those columns."""
         self._check(browsable, request)
+        selected = None
+        if columns is not None:
+            selected = [browsable.column(name) for name in dict.fromkeys(["id", *columns])]
+        postings = self._postings(principal, browsable, request)
+        if postings is not None and (request.sort or "created") in POSTING_SORTS:
+            # One tag's postings in sort order, then only the page's rows. Same keys, same cursors.
+            sort = request.sort or "created"
+            direction = "desc" if request.descending else "asc"
+            keys: list[ColumnElement[Any]] = [
+                getattr(EntityTag, POSTING_SORTS[sort]),
+                EntityTag.__table__.c.entity_id,
+            ]
+            return paginate(
+                session,
+                select(EntityTag).where(*postings),
+                Ordering(f"{sort}:{direction}", keys, request.descending),
+                first=first,
+                after=after,
+                last=last,
+                before=before,
+                row_columns=selected,
+                rows_of=(browsable.model, browsable.column("id")),
+            )
         query, rank = self._query(principal, browsable, request)
         sort = request.sort or (RELEVANCE if rank is not None else "created")
+        tiers = self._tiers(principal, browsable, request) if sort == RELEVANCE and rank is not None else None
+        if tiers is not None:
+            return paginate_parts(
+                session,
+                tiers,
+                RELEVANCE,
+                (browsable.model, browsable.column("id")),
+                first=first,
+                after=after,
+                last=last,
+                before=before,
+                row_columns=selected,
+            )
         if sort == RELEVANCE:
             # A search with no words matches nothing; its (empty) pages still take relevance cursors.
             key = rank if rank is not None else cast(literal(0), Double)
@@ -244,9 +395,6 @@ class BrowseService:
             key = browsable.column(browsable.sorts[sort])
             direction = "desc" if request.descending else "asc"
             ordering = Ordering(f"{sort}:{direction}", (key, browsable.column("id")), request.descending)
-        selected = None
-        if columns is not None:
-            selected = [browsable.column(name) for name in dict.fromkeys(["id", *columns])]
         return paginate(
             session, query, ordering, first=first, after=after, last=last, before=before, row_columns=selected
         )
@@ -327,6 +475,9 @@ class BrowseService:
         if counters is not None:
             summed = select(func.sum(BrowseCount.count)).where(*self._counted(principal, browsable, counters))
             return int(session.scalar(summed) or 0)
+        postings = self._postings(principal, browsable, request)
+        if postings is not None:
+            return int(session.scalar(select(func.count()).select_from(EntityTag).where(*postings)) or 0)
         query, _rank = self._query(principal, browsable, request)
         return count(session, query)
 
@@ -420,6 +571,13 @@ class BrowseService:
             )
         if query is not None:
             return query.having(func.sum(BrowseCount.count) > 0), False
+        postings = self._postings(principal, browsable, request, skip=name)
+        carried = {a: c for c, a in POSTINGS.get(browsable.name, {}).items() if a is not None}
+        if postings is not None and facet.attribute in carried:
+            # Counted over one tag's postings, which carry the facet's value: no row is visited.
+            value = getattr(EntityTag, carried[facet.attribute])
+            counted = select(value.label("value"), func.count().label("n")).where(*postings).group_by(value)
+            return counted, True
         base, _rank = self._query(principal, browsable, request, skip=name)
         ids = base.with_only_columns(browsable.column("id")).order_by(None)
         if facet.attribute is None:

@@ -51,6 +51,13 @@ class Search:
     sqlite_table: str
     postgres_column: str
     postgres_config: str = "english"
+    #: The PostgreSQL vector also holds lexemes naming its row's access scopes (migration 0008,
+    #: :func:`concord_core.browse.scopes.search_scopes`), so the GIN index can leave out rows the caller
+    #: cannot read before any row is visited.
+    scoped: bool = False
+    #: The column whose words rank first (weight A of the vector), with a GIN index on its own vector
+    #: and access scopes (``ix_<table>_title_search``, migration 0008): PostgreSQL ranks by tiers.
+    postgres_title: str | None = None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ DTUS = Browsable(
         "status": Facet("status", "status"),
         "workspace": Facet("workspace", "workspace_id", counted=False),
     },
-    search=Search(sqlite_table="dtus_fts", postgres_column="search_vector"),
+    search=Search(
+        sqlite_table="dtus_fts", postgres_column="search_vector", scoped=True, postgres_title="title"
+    ),
     tagged=True,
 )
 
@@ -55,7 +57,9 @@ ARTIFACTS = Browsable(
         "visibility": Facet("visibility", "visibility"),
         "workspace": Facet("workspace", "workspace_id", counted=False),
     },
-    search=Search(sqlite_table="artifacts_fts", postgres_column="search_vector"),
+    search=Search(
+        sqlite_table="artifacts_fts", postgres_column="search_vector", scoped=True, postgres_title="name"
+    ),
     tagged=True,
 )
 
@@ -76,7 +80,7 @@ LENS_ITEMS = Browsable(
         "status": Facet("status", "status", counted=False),
         "visibility": Facet("visibility", "visibility", counted=False),
     },
-    search=Search(sqlite_table="lens_items_fts", postgres_column="search_vector"),
+    search=Search(sqlite_table="lens_items_fts", postgres_column="search_vector", scoped=True),
 )
 
 JOBS = Browsable(

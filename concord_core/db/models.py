@@ -443,15 +443,48 @@ class WorkflowStep(Base):
 # --- browse indexes (derived; rebuilt by `concord browse rebuild`) --------------------------------------
 
 
+#: What a tag posting carries besides its key: the row's sort keys (by the browsable's sort names
+#: created, updated, title), its access columns, and its values of the single-valued facets (by facet
+#: name: a DTU's tier, type and status, an artifact's type; None where the browsable has no such facet).
+POSTING_SORTS = {"created": "created_at", "updated": "updated_at", "title": "title"}
+POSTING_FACETS = ("tier", "type", "status")
+
+
 class EntityTag(Base):
-    """One tag of one browsable row, so tag filters and tag facets use an index on both databases."""
+    """One tag of one browsable row: a posting. Tag filters and tag facets use an index on both databases,
+    and since a posting carries its row's sort keys, access columns and facet values (migration 0008), a
+    page filtered by one tag reads that tag's postings in sort order (index only) and a facet filtered by
+    one tag counts them, without visiting the rows."""
 
     __tablename__ = "entity_tags"
-    __table_args__ = (Index("ix_entity_tags_source_tag", "source", "tag", "entity_id"),)
+    __table_args__ = (
+        Index(
+            "ix_entity_tags_by_created_at",
+            "source",
+            "tag",
+            "created_at",
+            "entity_id",
+            *BROWSE_ACCESS_COLUMNS,
+            *POSTING_FACETS,
+        ),
+        Index(
+            "ix_entity_tags_by_updated_at", "source", "tag", "updated_at", "entity_id", *BROWSE_ACCESS_COLUMNS
+        ),
+        Index("ix_entity_tags_by_title", "source", "tag", "title", "entity_id", *BROWSE_ACCESS_COLUMNS),
+    )
 
     source: Mapped[str] = mapped_column(String(64), primary_key=True)  # the browsable: dtus, artifacts, ...
     entity_id: Mapped[str] = mapped_column(Id, primary_key=True)
     tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    title: Mapped[str] = mapped_column(String(500))
+    visibility: Mapped[str] = mapped_column(String(16))
+    workspace_id: Mapped[str] = mapped_column(Id)
+    owner_id: Mapped[str] = mapped_column(Id)
+    tier: Mapped[str | None] = mapped_column(String(16))
+    type: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(32))
 
 
 class BrowseCount(Base):
