@@ -6,7 +6,7 @@ imported Concord and the installed lenses once (:mod:`workers.preload`), so a wo
 of one that died, is ready in milliseconds rather than seconds. Then it loops every
 ``CONCORD_JOB_POLL_SECONDS``:
 
-* it sweeps: re-queues jobs whose lease expired, and relays due jobs whose RQ message is missing;
+* it sweeps: re-queues jobs whose lease expired, and wakes workers for due jobs whose wake-up is missing;
 * it replaces a worker process that died, and at once re-queues the jobs that process held (a job that
   crashed its worker is retried, or failed after ``maxAttempts``, without waiting for its lease to expire).
 

@@ -3,12 +3,12 @@
 * The reaper re-queues running jobs whose lease expired (their worker died) until ``max_attempts``, then
   fails them with an error naming the lost worker. A lease held by a process on this host that no longer
   exists is reaped at once, without waiting for it to expire.
-* The relay (RQ only) gives every due queued job whose RQ message is missing a new one: jobs committed but
-  never dispatched (the process died between commit and enqueue) and jobs whose message was lost (Redis
-  flushed or restarted).
+* The relay (RQ only) wakes a worker for every queue with due jobs and no wake-up waiting: jobs committed
+  but never dispatched (the process died between commit and enqueue), jobs whose wake-up was lost (Redis
+  flushed or restarted) and retries falling due.
 
 Both are safe to run in any number of processes at once: each job is moved in its own locked, re-checked
-transaction, and a duplicate RQ message only finds nothing to claim.
+transaction, and a needless RQ wake-up only finds nothing to claim.
 """
 
 from __future__ import annotations

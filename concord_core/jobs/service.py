@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from concord_core.auth.accounts import load_principal
 from concord_core.auth.principal import Principal
@@ -179,6 +181,31 @@ class JobService:
         )
         return self._run(held)
 
+    def drain(
+        self,
+        queue: str,
+        worker: str,
+        *,
+        max_jobs: int,
+        max_seconds: float,
+        guard: Callable[[Claim], AbstractContextManager[object]] | None = None,
+    ) -> tuple[int, bool]:
+        """Claim and run the due jobs of ``queue`` one after another until none is due, ``max_jobs`` ran,
+        ``max_seconds`` passed or this process is stopping. Each job runs inside ``guard(claim)`` if given
+        (an RQ worker's death penalty for the job's timeout). Returns how many ran and whether it stopped
+        at a bound (jobs may still be due: the caller must see that something wakes a worker for them)."""
+        deadline = time.monotonic() + max_seconds
+        ran = 0
+        while True:
+            if ran >= max_jobs or self.stopping.is_set() or (ran and time.monotonic() >= deadline):
+                return ran, True
+            held = claim(self.db, worker, self.settings.job_lease_seconds, queues=[queue])
+            if held is None:
+                return ran, False
+            with guard(held) if guard is not None else nullcontext():
+                self._run(held)
+            ran += 1
+
     def _run(self, held: Claim | None) -> bool:
         if held is None:
             return False
@@ -187,10 +214,11 @@ class JobService:
         return True
 
     def relay(self, *, grace_seconds: float) -> int:
-        """With RQ: send a wake-up for every due job whose message is missing (see ``RqDispatcher.relay``)."""
+        """With RQ: wake a worker for every queue whose due jobs have no wake-up waiting (see
+        ``RqDispatcher.relay``)."""
         if self.rq is None:
             return 0
-        # A message is presumed lost when its job has waited ten sweeps without being claimed.
+        # A waiting wake-up is presumed lost when its queue's oldest due job has waited ten sweeps.
         return self.rq.relay(
             self.db, grace_seconds=grace_seconds, verify_seconds=max(1.0, 10 * self.settings.job_poll_seconds)
         )
