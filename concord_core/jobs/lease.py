@@ -168,6 +168,24 @@ def claim(
     One ``UPDATE ... RETURNING`` takes the job: by id (a concurrent claimer waits for the row and then finds
     it no longer queued), or through a ``FOR UPDATE SKIP LOCKED`` subquery for the next due job. On
     PostgreSQL the same statement opens the run and writes the audit row; then the event, then commit."""
+    with db.write() as session:
+        journal = Journal(session)
+        held = claim_in(journal, worker, lease_seconds, job_id=job_id, queues=queues)
+        journal.flush()
+        return held
+
+
+def claim_in(
+    journal: Journal,
+    worker: str,
+    lease_seconds: float,
+    *,
+    job_id: str | None = None,
+    queues: list[str] | None = None,
+) -> Claim | None:
+    """:func:`claim` inside the caller's write transaction (``journal``'s session): the ``JOB_STARTED``
+    event is recorded in ``journal``, to be appended by its :meth:`~Journal.flush` before the commit."""
+    session = journal.session
     now = utcnow()
     run_id = new_id()
     params: dict[str, Any] = {
@@ -181,41 +199,38 @@ def claim(
         params["claim_job"] = job_id
     elif queues is not None:
         params["queues"] = list(queues)
-    with db.write() as session:
-        connection = session.connection()
-        in_one = connection.dialect.name == "postgresql"
-        key = (job_id is not None, job_id is None and queues is not None, in_one)
-        job = connection.execute(_CLAIMS[key], params).first()
-        if job is None:
-            return None
-        if not in_one:
-            connection.execute(
-                _OPEN_RUN,
-                {
-                    "id": run_id,
-                    "job_id": job.id,
-                    "attempt": job.attempts,
-                    "worker": worker,
-                    "started_at": now,
-                },
-            )
-        journal = Journal(session)
-        journal.job(job, "JOB_STARTED", action="job.start", detail={"worker": worker}, audited=in_one)
-        journal.flush()
-        return Claim(
-            job_id=job.id,
-            attempt=job.attempts,
-            worker=worker,
-            run_id=run_id,
-            job_type=job.job_type,
-            queue=job.queue,
-            workspace_id=job.workspace_id,
-            owner_id=job.owner_id,
-            input=dict(job.input),
-            checkpoint=job.checkpoint,
-            timeout_seconds=job.timeout_seconds,
-            max_attempts=job.max_attempts,
+    connection = session.connection()
+    in_one = connection.dialect.name == "postgresql"
+    key = (job_id is not None, job_id is None and queues is not None, in_one)
+    job = connection.execute(_CLAIMS[key], params).first()
+    if job is None:
+        return None
+    if not in_one:
+        connection.execute(
+            _OPEN_RUN,
+            {
+                "id": run_id,
+                "job_id": job.id,
+                "attempt": job.attempts,
+                "worker": worker,
+                "started_at": now,
+            },
         )
+    journal.job(job, "JOB_STARTED", action="job.start", detail={"worker": worker}, audited=in_one)
+    return Claim(
+        job_id=job.id,
+        attempt=job.attempts,
+        worker=worker,
+        run_id=run_id,
+        job_type=job.job_type,
+        queue=job.queue,
+        workspace_id=job.workspace_id,
+        owner_id=job.owner_id,
+        input=dict(job.input),
+        checkpoint=job.checkpoint,
+        timeout_seconds=job.timeout_seconds,
+        max_attempts=job.max_attempts,
+    )
 
 
 @dataclass(frozen=True)
