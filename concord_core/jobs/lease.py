@@ -3,7 +3,8 @@
 A claim is one write transaction that moves a due ``queued`` job to ``running``, counts the attempt, opens
 its ``job_runs`` row and records ``JOB_STARTED``. On PostgreSQL the row is selected ``FOR UPDATE SKIP
 LOCKED``, so concurrent workers never wait on, or both take, one job; on SQLite the write transaction
-(``BEGIN IMMEDIATE``) serializes claims.
+(``BEGIN IMMEDIATE``) serializes claims. A draining worker's claim of its next job shares the transaction
+that records its last job's success (:func:`claim_in`, see ``JobService.drain``).
 
 The lease names its holder (``lease_owner``), the attempt and an expiry. Every later write of the run is
 *fenced*: it applies only while the job is still running under that holder and attempt, so a worker that
@@ -127,7 +128,10 @@ def _next_due(queues: bool) -> Any:
     pick = select(_JOBS.c.id).where(_JOBS.c.status == JobStatus.QUEUED.value, _JOBS.c.run_after <= _NOW)
     if queues:
         pick = pick.where(_JOBS.c.queue.in_(bindparam("queues", expanding=True)))
-    return pick.order_by(_JOBS.c.run_after, _JOBS.c.id).limit(1).with_for_update(skip_locked=True)
+    # Ordered by ``run_after`` alone, the order of the ``(status, run_after)`` index: the scan stops at the
+    # first due row it can lock. A tie-break on ``id`` (a random UUID, so no order worth keeping) made
+    # PostgreSQL read and sort every due row for each claim, a cost growing with the backlog.
+    return pick.order_by(_JOBS.c.run_after).limit(1).with_for_update(skip_locked=True)
 
 
 def _claiming_in_one(taking: Update) -> Select[Any]:
