@@ -95,7 +95,8 @@ class Supervisor:
         while not self.stopping:
             try:
                 self._replace_dead(runtime)
-                runtime.jobs.maintenance.sweep()
+                # A child that dies during the sweep is reaped by the next _replace_dead, with its status.
+                runtime.jobs.maintenance.sweep(children={child.process.pid or 0 for child in self.children})
             except Exception:  # the database or Redis is down for now: keep supervising
                 log.exception("concord worker: maintenance sweep failed")
             deadline = time.monotonic() + poll
