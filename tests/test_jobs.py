@@ -321,6 +321,56 @@ def test_a_job_past_its_timeout_is_stopped(rt: Runtime) -> None:
 # --- cancellation and manual retry --------------------------------------------------------------------------
 
 
+def test_a_drain_runs_a_queue_job_after_job_and_stops_at_its_bound_holding_nothing(idle: Runtime) -> None:
+    """What an RQ wake-up runs: the due jobs of a queue one after another, each success recorded in the
+    transaction that claims the next job; a failure in between is recorded on its own and the drain goes
+    on. At its bound it stops with no job claimed, and every transition has its event, run and audit row."""
+    ids = [
+        enqueue(idle, job_type, payload).id
+        for job_type, payload in [
+            ("testjobs.noop", {"i": 0}),
+            ("testjobs.permanent", {}),
+            ("testjobs.noop", {"i": 2}),
+            ("testjobs.noop", {"i": 3}),
+            ("testjobs.noop", {"i": 4}),
+            ("testjobs.noop", {"i": 5}),
+        ]
+    ]
+    assert idle.jobs.drain("default", "here/1/drain", max_jobs=4, max_seconds=60) == (4, True)
+    assert [job_row(idle, job_id).status for job_id in ids] == [
+        "succeeded",
+        "failed",
+        "succeeded",
+        "succeeded",
+        "queued",  # the bound was reached as the job before it ended: not claimed
+        "queued",
+    ]
+    assert idle.jobs.drain("default", "here/1/drain", max_jobs=10, max_seconds=60) == (2, False)
+    assert idle.jobs.drain("default", "here/1/drain", max_jobs=10, max_seconds=60) == (0, False)
+    with idle.db.read() as session:
+        events = session.execute(
+            select(Event.event_type, Event.entity_id)
+            .where(Event.entity_id.in_(ids), Event.event_type != "JOB_QUEUED")
+            .order_by(Event.seq)
+        ).all()
+        audited = session.execute(
+            select(AuditEntry.action, func.count())
+            .where(AuditEntry.target_id.in_(ids), AuditEntry.action != "job.enqueue")
+            .group_by(AuditEntry.action)
+        ).all()
+        assert verify_chain(session).ok
+    ended = {ids[1]: "JOB_FAILED"}
+    assert [tuple(row) for row in events] == [
+        pair
+        for job_id in ids
+        for pair in (("JOB_STARTED", job_id), (ended.get(job_id, "JOB_SUCCEEDED"), job_id))
+    ]
+    assert dict(audited) == {"job.start": 6, "job.succeeded": 5, "job.failed": 1}
+    for job_id in ids:
+        (run,) = runs_of(idle, job_id)
+        assert run.finished_at is not None and run.outcome == ("failed" if job_id == ids[1] else "succeeded")
+
+
 def test_cancelling_a_queued_job_is_immediate(idle: Runtime) -> None:
     job = enqueue(idle, "testjobs.sleep", {"seconds": 10})
     cancelled = cancel_job(owner_ops(idle), idle.jobs.catalog, job.id)

@@ -10,7 +10,10 @@
 * a poison job that kills its worker fails after ``maxAttempts`` with its error on every run, without
   holding up other jobs;
 * one idempotency key sent at once by many HTTP clients creates exactly one job;
-* a message that ended in RQ without running its job (filed as failed) is replaced by the relay.
+* a message that ended in RQ without running its job (filed as failed) is replaced by the relay, and the
+  relay wakes a worker for a queue whose wake-up was lost;
+* a batch of jobs sends one wake-up per idle worker, not one message per job, and a woken worker drains
+  the queue, waking a worker again when it stops at its bound.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ from jobs_support import (
     wait_status,
 )
 from procs import redis_server, start_server
+from rq import Queue
 from sqlalchemy import func, select
 
 from concord_core.api.gql.ids import from_global_id
 from concord_core.api.runtime import Runtime
-from concord_core.db.models import ArtifactVersion, Job, JobArtifact, JobRun
-from concord_core.jobs.enqueue import enqueue_job
+from concord_core.db.models import ArtifactVersion, Event, Job, JobArtifact, JobRun
+from concord_core.jobs.enqueue import enqueue_job, enqueue_jobs
 from concord_core.jobs.service import CRASH_AFTER_COMMIT
 from concord_core.settings import Settings
 
@@ -314,12 +318,17 @@ def test_one_idempotency_key_from_many_clients_creates_one_job(tmp_path: Path, d
         assert job_row(runtime, from_global_id(answers[0])[1]).idempotency_key == "one"
 
 
+def rq_queue(runtime: Runtime, queue: str = "default") -> Queue:
+    assert runtime.jobs.rq is not None
+    return runtime.jobs.rq.queue(queue)
+
+
 def test_a_message_that_ended_without_running_its_job_is_sent_again(
     tmp_path: Path, database_url: str, redis_url: str, redis_namespace: str, workers: list[Worker]
 ) -> None:
-    """An RQ message can end without running its job: ``perform`` raised because the database was
+    """An RQ message can end without running its jobs: ``drain`` raised because the database was
     unreachable, say, and RQ filed the message as failed (kept for a day). The job is still queued in the
-    database, so the relay must give it a new message instead of taking the failed one for pending."""
+    database, so the relay must wake a worker again instead of taking the failed message for pending."""
     from rq.job import Job as RqJob
     from rq.job import JobStatus
 
@@ -327,14 +336,86 @@ def test_a_message_that_ended_without_running_its_job_is_sent_again(
     connection = redis.Redis.from_url(redis_url)
     with open_runtime(settings) as runtime:
         job_id = enqueue(runtime, "testjobs.noop", {"n": 3})
-        message_id = f"concord-{job_id}-0"
-        wait_for(lambda: connection.exists(RqJob.key_for(message_id)), timeout=10)
+        queue = rq_queue(runtime)
+        wait_for(lambda: queue.count == 1, timeout=10)
+        (message_id,) = queue.get_job_ids()
         message = RqJob.fetch(message_id, connection=connection)
-        # What RQ records when perform raises: out of its queue, status failed.
-        assert message.origin and redis_namespace in message.origin
-        connection.lrem(f"rq:queue:{message.origin}", 0, message_id)
+        assert message.func_name == "workers.rq_worker.drain" and message.args == ("default",)
+        # What RQ records when the function raises: out of its queue, status failed.
+        connection.lrem(queue.key, 0, message_id)
         message.set_status(JobStatus.FAILED)
         assert job_row(runtime, job_id).status == "queued"
 
         workers.append(start_worker(env_for(settings), tmp_path / "worker.log", "--processes", "1"))
         assert wait_status(runtime, job_id, "succeeded", timeout=30).output == {"ok": True, "echo": {"n": 3}}
+
+
+def test_a_batch_of_jobs_sends_one_wake_up_per_idle_worker_and_one_worker_drains_it(
+    tmp_path: Path, database_url: str, redis_url: str, redis_namespace: str, workers: list[Worker]
+) -> None:
+    """A message wakes a worker for a queue, not for a job: 30 jobs committed together with no worker
+    listening get one wake-up, and the worker that takes it runs all 30, each with its own run and its
+    own JOB_STARTED and JOB_SUCCEEDED events."""
+    settings = settings_for(tmp_path, database_url, redis_url, redis_namespace)
+    with open_runtime(settings) as runtime:
+        made = enqueue_jobs(
+            owner_ops(runtime),
+            runtime.jobs.catalog,
+            {"jobs": [{"job_type": "testjobs.noop", "input": {"i": i}} for i in range(30)]},
+        )
+        ids = [job.id for job, _ in made]
+        queue = rq_queue(runtime)
+        assert queue.count == 1
+        workers.append(start_worker(env_for(settings), tmp_path / "worker.log", "--processes", "1"))
+        for i, job_id in enumerate(ids):
+            done = wait_status(runtime, job_id, "succeeded", timeout=30)
+            assert done.output == {"ok": True, "echo": {"i": i}}
+        with runtime.db.read() as session:
+            runs = session.scalars(select(JobRun).where(JobRun.job_id.in_(ids))).all()
+            events = session.execute(
+                select(Event.event_type, func.count())
+                .where(Event.entity_id.in_(ids))
+                .group_by(Event.event_type)
+            ).all()
+        assert sorted((run.job_id, run.attempt, run.outcome) for run in runs) == sorted(
+            (job_id, 1, "succeeded") for job_id in ids
+        )
+        assert dict(events) == {"JOB_QUEUED": 30, "JOB_STARTED": 30, "JOB_SUCCEEDED": 30}
+
+
+def test_a_drain_that_stops_at_its_bound_wakes_a_worker_for_the_rest(
+    tmp_path: Path, database_url: str, redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker runs a bounded number of jobs per wake-up; when it stops at the bound it sends the queue's
+    wake-up again, so a burst worker (which stops once RQ's queues are empty) still runs every job."""
+    from workers import rq_worker
+
+    monkeypatch.setattr(rq_worker, "DRAIN_MAX_JOBS", 3)
+    settings = settings_for(tmp_path, database_url, redis_url, redis_namespace)
+    with open_runtime(settings, start_jobs=False) as runtime:
+        ids = [enqueue(runtime, "testjobs.noop", {"i": i}) for i in range(10)]
+        queue = rq_queue(runtime)
+        assert queue.count == 1  # the first job's wake-up; the later ones found it waiting
+        assert rq_worker.run_worker(runtime, ["default"], burst=True)
+        assert [job_row(runtime, job_id).status for job_id in ids] == ["succeeded"] * 10
+        assert queue.count == 0
+
+
+def test_the_relay_wakes_a_worker_for_a_queue_whose_wake_up_is_gone(
+    tmp_path: Path, database_url: str, redis_url: str, redis_namespace: str
+) -> None:
+    """The relay sends a wake-up for a queue with due jobs and none waiting, and none while one waits (until
+    the queue's oldest job is late)."""
+    settings = settings_for(tmp_path, database_url, redis_url, redis_namespace)
+    connection = redis.Redis.from_url(redis_url)
+    with open_runtime(settings, start_jobs=False) as runtime:
+        for i in range(5):
+            enqueue(runtime, "testjobs.noop", {"i": i})
+        queue = rq_queue(runtime)
+        assert queue.count == 1
+        assert runtime.jobs.relay(grace_seconds=0.0) == 0  # a wake-up waits, and it is not late
+        connection.delete(queue.key)  # lost (a flush, a restart without persistence)
+        assert runtime.jobs.relay(grace_seconds=3600.0) == 0  # not overdue yet: the API's own may come
+        assert runtime.jobs.relay(grace_seconds=0.0) == 1
+        assert queue.count == 1
+        assert queue.get_jobs()[0].func_name == "workers.rq_worker.drain"

@@ -1,10 +1,10 @@
-"""One RQ worker process, and :func:`perform`, the function every Concord RQ message calls.
+"""One RQ worker process, and :func:`drain`, the function every Concord RQ message calls.
 
-A message carries only a job id. :func:`perform` claims that job in the database and runs it, or returns at
-once if it is not claimable (already taken, finished, cancelled, or a duplicate message): the jobs table
-decides, never Redis. The worker is RQ's ``SimpleWorker`` (the job runs in the worker process itself), so
-there is no fork per job; ``concord worker`` supervises several of these processes and replaces any that
-dies.
+A message names only a Concord queue: it wakes one worker, which claims the due jobs of that queue in the
+database one after another and runs them (see :mod:`concord_core.jobs.redis_queue` for the message model,
+and for why a lost message never loses a job). The jobs table decides what runs, never Redis. The worker
+is RQ's ``SimpleWorker`` (the job runs in the worker process itself), so there is no fork per job;
+``concord worker`` supervises several of these processes and replaces any that dies.
 
     python -m workers.rq_worker --queues default,render
 """
@@ -17,13 +17,22 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
+import redis
+from rq.timeouts import JobTimeoutException, get_default_death_penalty_class
 from rq.worker import SimpleWorker
 
 from concord_core.api.runtime import Runtime
 from concord_core.jobs.dispatch import worker_name
-from concord_core.jobs.redis_queue import RESULT_TTL_SECONDS
+from concord_core.jobs.lease import Claim
+from concord_core.jobs.redis_queue import (
+    DRAIN_MAX_JOBS,
+    DRAIN_SECONDS,
+    RESULT_TTL_SECONDS,
+    TIMEOUT_MARGIN_SECONDS,
+)
 from concord_core.jobs.service import JobService
 from concord_core.settings import Settings, load_settings
 
@@ -50,8 +59,33 @@ class ConcordWorker(SimpleWorker):
         super().request_stop(signum, frame)
 
 
+def _job_deadline(held: Claim) -> AbstractContextManager[object]:
+    """RQ's death penalty for one drained job: its type's timeout plus room to record the outcome, as RQ
+    gave a message of its own (a handler that ignores its cooperative timeout is interrupted with RQ's
+    ``JobTimeoutException``, which the runner records as a timeout)."""
+    penalty = get_default_death_penalty_class()
+    return penalty(held.timeout_seconds + TIMEOUT_MARGIN_SECONDS, JobTimeoutException, job_id=held.job_id)
+
+
+def drain(queue: str) -> int:
+    """Run the due jobs of Concord queue ``queue`` here, one after another, up to the drain's bounds; if it
+    stopped at a bound, wake a worker for the queue again. Returns how many jobs ran."""
+    service = _jobs()
+    # Each job gets its own death penalty (RQ's alarm for this message is replaced by the first job's).
+    ran, bounded = service.drain(
+        queue, worker_name("rq"), max_jobs=DRAIN_MAX_JOBS, max_seconds=DRAIN_SECONDS, guard=_job_deadline
+    )
+    if bounded and service.rq is not None:
+        try:
+            service.rq.wake(queue)
+        except redis.RedisError as exc:
+            log.warning("could not wake a worker for the rest of queue %s (%s); the relay will", queue, exc)
+    return ran
+
+
 def perform(job_id: str) -> bool:
-    """Run Concord job ``job_id`` here if it is claimable; returns whether it ran."""
+    """Run Concord job ``job_id`` here if it is claimable; returns whether it ran. What the per-job messages
+    of older versions call (this version sends :func:`drain` wake-ups only)."""
     return _jobs().run_job(job_id, worker_name("rq"))
 
 

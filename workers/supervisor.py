@@ -6,7 +6,7 @@ imported Concord and the installed lenses once (:mod:`workers.preload`), so a wo
 of one that died, is ready in milliseconds rather than seconds. Then it loops every
 ``CONCORD_JOB_POLL_SECONDS``:
 
-* it sweeps: re-queues jobs whose lease expired, and relays due jobs whose RQ message is missing;
+* it sweeps: re-queues jobs whose lease expired, and wakes workers for due jobs whose wake-up is missing;
 * it replaces a worker process that died, and at once re-queues the jobs that process held (a job that
   crashed its worker is retried, or failed after ``maxAttempts``, without waiting for its lease to expire).
 
@@ -95,7 +95,8 @@ class Supervisor:
         while not self.stopping:
             try:
                 self._replace_dead(runtime)
-                runtime.jobs.maintenance.sweep()
+                # A child that dies during the sweep is reaped by the next _replace_dead, with its status.
+                runtime.jobs.maintenance.sweep(children={child.process.pid or 0 for child in self.children})
             except Exception:  # the database or Redis is down for now: keep supervising
                 log.exception("concord worker: maintenance sweep failed")
             deadline = time.monotonic() + poll

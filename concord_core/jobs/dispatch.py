@@ -2,8 +2,9 @@
 
 * :class:`InlineDispatcher` (no Redis): threads in this process claim due jobs straight from the database,
   woken after each commit that queued one, by a timer when a retry falls due, and by a poll otherwise.
-* :class:`~concord_core.jobs.redis_queue.RqDispatcher` (with ``CONCORD_REDIS_URL``): puts a message naming
-  the job on its RQ queue; ``concord worker`` processes run it.
+* :class:`~concord_core.jobs.redis_queue.RqDispatcher` (with ``CONCORD_REDIS_URL``): puts wake-up messages
+  naming the job's queue on its RQ queue (one per idle worker at most, not one per job); the
+  ``concord worker`` process that takes one claims and runs the queue's due jobs until none is left.
 
 A wake-up that never arrives costs latency, not the job: the relay and the poll find it.
 """

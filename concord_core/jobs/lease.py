@@ -3,7 +3,8 @@
 A claim is one write transaction that moves a due ``queued`` job to ``running``, counts the attempt, opens
 its ``job_runs`` row and records ``JOB_STARTED``. On PostgreSQL the row is selected ``FOR UPDATE SKIP
 LOCKED``, so concurrent workers never wait on, or both take, one job; on SQLite the write transaction
-(``BEGIN IMMEDIATE``) serializes claims.
+(``BEGIN IMMEDIATE``) serializes claims. A draining worker's claim of its next job shares the transaction
+that records its last job's success (:func:`claim_in`, see ``JobService.drain``).
 
 The lease names its holder (``lease_owner``), the attempt and an expiry. Every later write of the run is
 *fenced*: it applies only while the job is still running under that holder and attempt, so a worker that
@@ -127,7 +128,10 @@ def _next_due(queues: bool) -> Any:
     pick = select(_JOBS.c.id).where(_JOBS.c.status == JobStatus.QUEUED.value, _JOBS.c.run_after <= _NOW)
     if queues:
         pick = pick.where(_JOBS.c.queue.in_(bindparam("queues", expanding=True)))
-    return pick.order_by(_JOBS.c.run_after, _JOBS.c.id).limit(1).with_for_update(skip_locked=True)
+    # Ordered by ``run_after`` alone, the order of the ``(status, run_after)`` index: the scan stops at the
+    # first due row it can lock. A tie-break on ``id`` (a random UUID, so no order worth keeping) made
+    # PostgreSQL read and sort every due row for each claim, a cost growing with the backlog.
+    return pick.order_by(_JOBS.c.run_after).limit(1).with_for_update(skip_locked=True)
 
 
 def _claiming_in_one(taking: Update) -> Select[Any]:
@@ -168,6 +172,24 @@ def claim(
     One ``UPDATE ... RETURNING`` takes the job: by id (a concurrent claimer waits for the row and then finds
     it no longer queued), or through a ``FOR UPDATE SKIP LOCKED`` subquery for the next due job. On
     PostgreSQL the same statement opens the run and writes the audit row; then the event, then commit."""
+    with db.write() as session:
+        journal = Journal(session)
+        held = claim_in(journal, worker, lease_seconds, job_id=job_id, queues=queues)
+        journal.flush()
+        return held
+
+
+def claim_in(
+    journal: Journal,
+    worker: str,
+    lease_seconds: float,
+    *,
+    job_id: str | None = None,
+    queues: list[str] | None = None,
+) -> Claim | None:
+    """:func:`claim` inside the caller's write transaction (``journal``'s session): the ``JOB_STARTED``
+    event is recorded in ``journal``, to be appended by its :meth:`~Journal.flush` before the commit."""
+    session = journal.session
     now = utcnow()
     run_id = new_id()
     params: dict[str, Any] = {
@@ -181,41 +203,38 @@ def claim(
         params["claim_job"] = job_id
     elif queues is not None:
         params["queues"] = list(queues)
-    with db.write() as session:
-        connection = session.connection()
-        in_one = connection.dialect.name == "postgresql"
-        key = (job_id is not None, job_id is None and queues is not None, in_one)
-        job = connection.execute(_CLAIMS[key], params).first()
-        if job is None:
-            return None
-        if not in_one:
-            connection.execute(
-                _OPEN_RUN,
-                {
-                    "id": run_id,
-                    "job_id": job.id,
-                    "attempt": job.attempts,
-                    "worker": worker,
-                    "started_at": now,
-                },
-            )
-        journal = Journal(session)
-        journal.job(job, "JOB_STARTED", action="job.start", detail={"worker": worker}, audited=in_one)
-        journal.flush()
-        return Claim(
-            job_id=job.id,
-            attempt=job.attempts,
-            worker=worker,
-            run_id=run_id,
-            job_type=job.job_type,
-            queue=job.queue,
-            workspace_id=job.workspace_id,
-            owner_id=job.owner_id,
-            input=dict(job.input),
-            checkpoint=job.checkpoint,
-            timeout_seconds=job.timeout_seconds,
-            max_attempts=job.max_attempts,
+    connection = session.connection()
+    in_one = connection.dialect.name == "postgresql"
+    key = (job_id is not None, job_id is None and queues is not None, in_one)
+    job = connection.execute(_CLAIMS[key], params).first()
+    if job is None:
+        return None
+    if not in_one:
+        connection.execute(
+            _OPEN_RUN,
+            {
+                "id": run_id,
+                "job_id": job.id,
+                "attempt": job.attempts,
+                "worker": worker,
+                "started_at": now,
+            },
         )
+    journal.job(job, "JOB_STARTED", action="job.start", detail={"worker": worker}, audited=in_one)
+    return Claim(
+        job_id=job.id,
+        attempt=job.attempts,
+        worker=worker,
+        run_id=run_id,
+        job_type=job.job_type,
+        queue=job.queue,
+        workspace_id=job.workspace_id,
+        owner_id=job.owner_id,
+        input=dict(job.input),
+        checkpoint=job.checkpoint,
+        timeout_seconds=job.timeout_seconds,
+        max_attempts=job.max_attempts,
+    )
 
 
 @dataclass(frozen=True)

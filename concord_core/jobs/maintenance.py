@@ -3,12 +3,12 @@
 * The reaper re-queues running jobs whose lease expired (their worker died) until ``max_attempts``, then
   fails them with an error naming the lost worker. A lease held by a process on this host that no longer
   exists is reaped at once, without waiting for it to expire.
-* The relay (RQ only) gives every due queued job whose RQ message is missing a new one: jobs committed but
-  never dispatched (the process died between commit and enqueue) and jobs whose message was lost (Redis
-  flushed or restarted).
+* The relay (RQ only) wakes a worker for every queue with due jobs and no wake-up waiting: jobs committed
+  but never dispatched (the process died between commit and enqueue), jobs whose wake-up was lost (Redis
+  flushed or restarted) and retries falling due.
 
 Both are safe to run in any number of processes at once: each job is moved in its own locked, re-checked
-transaction, and a duplicate RQ message only finds nothing to claim.
+transaction, and a needless RQ wake-up only finds nothing to claim.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,8 +53,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def dead_local_workers(service: JobService) -> list[str]:
-    """Lease-owner prefixes (``host/pid/``) of running jobs held by processes of this host that are gone."""
+def dead_local_workers(service: JobService, skip: Collection[int] = ()) -> list[str]:
+    """Lease-owner prefixes (``host/pid/``) of running jobs held by processes of this host that are gone,
+    but for the processes ``skip`` names (a supervisor's own children: it reaps their jobs itself, naming
+    their exit status)."""
     host = socket.gethostname()
     with service.db.read() as session:
         owners = session.scalars(
@@ -66,7 +69,12 @@ def dead_local_workers(service: JobService) -> list[str]:
     dead = set()
     for owner in owners:
         parts = (owner or "").split("/")
-        if len(parts) >= 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+        if (
+            len(parts) >= 3
+            and parts[1].isdigit()
+            and int(parts[1]) not in skip
+            and not _pid_alive(int(parts[1]))
+        ):
             dead.add(f"{host}/{parts[1]}/")
     return sorted(dead)
 
@@ -95,10 +103,14 @@ class Maintenance:
             service.after_transition(journal)
         return journals
 
-    def sweep(self, *, relay_grace: float = RELAY_GRACE_SECONDS) -> SweepReport:
+    def sweep(
+        self, *, relay_grace: float = RELAY_GRACE_SECONDS, children: Collection[int] = ()
+    ) -> SweepReport:
+        """One round of maintenance. ``children``: worker processes the caller supervises, whose death it
+        reports itself (a child that died since the caller last looked is left to it)."""
         seal_pending(self._service.db)  # events a process committed but died before sealing
         reaped = len(self.reap())
-        for prefix in dead_local_workers(self._service):
+        for prefix in dead_local_workers(self._service, skip=children):
             reaped += len(self.reap(prefix, "exited (its process is gone)"))
         relayed = 0
         if self._relay:

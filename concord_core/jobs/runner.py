@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from concord_core.events.log import canonical_json
 from concord_core.jobs.context import DurableJobContext, JobTimedOut, WorkerStopping
 from concord_core.jobs.lease import Claim, LeaseLost
+from concord_core.jobs.records import Journal
 from concord_core.jobs.transitions import Cancelled, Failed, Outcome, Released, Succeeded
 from concord_core.observability.context import bind, new_request_id
 from concord_core.operators.errors import ErrorCode, OperatorError
@@ -114,8 +115,11 @@ def run_handler(service: JobService, held: Claim, context: DurableJobContext) ->
     return Succeeded(output)
 
 
-def execute(service: JobService, held: Claim) -> Outcome | None:
-    """Run a claimed job to its end and record the outcome; None if the lease was lost on the way."""
+def execute(
+    service: JobService, held: Claim, *, then: Callable[[Journal], object] | None = None
+) -> Outcome | None:
+    """Run a claimed job to its end and record the outcome; None if the lease was lost on the way.
+    ``then``: what else the transaction recording a success does (see :func:`.transitions.settle`)."""
     context = DurableJobContext(service, held)
     with bind(request_id=new_request_id(), user_id=held.owner_id, operation=f"job:{held.job_type}"):
         try:
@@ -127,7 +131,7 @@ def execute(service: JobService, held: Claim) -> Outcome | None:
             )
             return None
         try:
-            service.settle(held, outcome)
+            service.settle(held, outcome, then=then)
         except LeaseLost:
             log.warning("job %s attempt %s lost its lease before it finished", held.job_id, held.attempt)
             return None

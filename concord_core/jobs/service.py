@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from concord_core.auth.accounts import load_principal
 from concord_core.auth.principal import Principal
 from concord_core.db.engine import Database
 from concord_core.jobs.catalog import JobCatalog, JobSpec
 from concord_core.jobs.dispatch import Dispatcher, InlineDispatcher, JobRef, worker_name
-from concord_core.jobs.lease import Claim, claim
+from concord_core.jobs.lease import Claim, claim, claim_in
 from concord_core.jobs.maintenance import Maintenance
 from concord_core.jobs.notify import Notifier, open_notifier
 from concord_core.jobs.records import EVENTS_TOPIC, JobState, JobStatus, Journal
@@ -157,13 +159,16 @@ class JobService:
 
     # --- running ----------------------------------------------------------------------------------
 
-    def settle(self, held: Claim, outcome: Outcome) -> None:
+    def settle(
+        self, held: Claim, outcome: Outcome, *, then: Callable[[Journal], object] | None = None
+    ) -> None:
         journal = settle(
             self.db,
             held,
             outcome,
             retry_base=self.settings.job_retry_base_seconds,
             on_terminal=self.on_terminal,
+            then=then,
         )
         self.after_transition(journal)
 
@@ -179,18 +184,73 @@ class JobService:
         )
         return self._run(held)
 
-    def _run(self, held: Claim | None) -> bool:
+    def drain(
+        self,
+        queue: str,
+        worker: str,
+        *,
+        max_jobs: int,
+        max_seconds: float,
+        guard: Callable[[Claim], AbstractContextManager[object]] | None = None,
+    ) -> tuple[int, bool]:
+        """Claim and run the due jobs of ``queue`` one after another until none is due, ``max_jobs`` ran,
+        ``max_seconds`` passed or this process is stopping. Each job runs inside ``guard(claim)`` if given
+        (an RQ worker's death penalty for the job's timeout). Returns how many ran and whether it stopped
+        at a bound (jobs may still be due: the caller must see that something wakes a worker for them).
+
+        The transaction that records a job's success also claims the next job, when the drain goes on: one
+        commit instead of two between jobs. Any other outcome is recorded on its own, and the next job is
+        claimed in a transaction of its own."""
+        deadline = time.monotonic() + max_seconds
+        lease = self.settings.job_lease_seconds
+        ran = 0
+        chained: list[Claim] = []  # the claim made by the last success's transaction, if any
+
+        def going_on() -> bool:
+            return ran < max_jobs and not self.stopping.is_set() and (not ran or time.monotonic() < deadline)
+
+        def claim_next(journal: Journal) -> None:
+            # Decided as the job ends (counting it): a bound reached while it ran stops the drain here.
+            if ran + 1 < max_jobs and not self.stopping.is_set() and time.monotonic() < deadline:
+                taken = claim_in(journal, worker, lease, queues=[queue])
+                if taken is not None:
+                    chained.append(taken)
+
+        while True:
+            if chained:
+                # Its topics went out with the transaction that made it.
+                held, published = chained.pop(), True
+            else:
+                if not going_on():
+                    return ran, True
+                taken = claim(self.db, worker, lease, queues=[queue])
+                if taken is None:
+                    return ran, False
+                held, published = taken, False
+            with guard(held) if guard is not None else nullcontext():
+                self._run(held, then=claim_next, published=published)
+            ran += 1
+
+    def _run(
+        self,
+        held: Claim | None,
+        *,
+        then: Callable[[Journal], object] | None = None,
+        published: bool = False,
+    ) -> bool:
         if held is None:
             return False
-        self.notifier.publish([f"job:{held.job_id}", EVENTS_TOPIC])
-        execute(self, held)
+        if not published:
+            self.notifier.publish([f"job:{held.job_id}", EVENTS_TOPIC])
+        execute(self, held, then=then)
         return True
 
     def relay(self, *, grace_seconds: float) -> int:
-        """With RQ: send a wake-up for every due job whose message is missing (see ``RqDispatcher.relay``)."""
+        """With RQ: wake a worker for every queue whose due jobs have no wake-up waiting (see
+        ``RqDispatcher.relay``)."""
         if self.rq is None:
             return 0
-        # A message is presumed lost when its job has waited ten sweeps without being claimed.
+        # A waiting wake-up is presumed lost when its queue's oldest due job has waited ten sweeps.
         return self.rq.relay(
             self.db, grace_seconds=grace_seconds, verify_seconds=max(1.0, 10 * self.settings.job_poll_seconds)
         )

@@ -159,9 +159,19 @@ _SUCCEED_IN_ONE = _succeeding_in_one()
 
 
 def settle(
-    db: Database, held: Claim, outcome: Outcome, *, retry_base: float, on_terminal: OnTerminal
+    db: Database,
+    held: Claim,
+    outcome: Outcome,
+    *,
+    retry_base: float,
+    on_terminal: OnTerminal,
+    then: Callable[[Journal], object] | None = None,
 ) -> Journal:
-    """Record how a run ended, fenced on the claim (raises LeaseLost if the job is no longer ours)."""
+    """Record how a run ended, fenced on the claim (raises LeaseLost if the job is no longer ours).
+
+    ``then``, for a success: more work for the same transaction, after the job's own (a draining worker
+    claims its next job there, so one commit ends one job and starts the next; its events follow this
+    job's)."""
     with db.write() as session:
         journal = Journal(session)
         now = utcnow()
@@ -187,6 +197,8 @@ def settle(
                 close_run(session, done.id, held.attempt, "succeeded", None)
             journal.job(done, "JOB_SUCCEEDED", action="job.succeeded", audited=in_one)
             on_terminal(journal, done)
+            if then is not None:
+                then(journal)
             journal.flush()
             return journal
         job = lock_held(session, held)
