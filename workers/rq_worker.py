@@ -24,7 +24,7 @@ import redis
 from rq.timeouts import JobTimeoutException, get_default_death_penalty_class
 from rq.worker import SimpleWorker
 
-from concord_core.api.runtime import Runtime
+from concord_core.api.runtime import Runtime, freeze_startup_heap
 from concord_core.jobs.dispatch import worker_name
 from concord_core.jobs.lease import Claim
 from concord_core.jobs.redis_queue import (
@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_json)
     runtime = Runtime.open(settings)
+    freeze_startup_heap()
     queues = args.queues.split(",") if args.queues else runtime.jobs.catalog.queues()
     try:
         run_worker(runtime, queues, burst=args.burst)

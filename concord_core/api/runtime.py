@@ -3,6 +3,7 @@ for a request."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -90,3 +91,12 @@ class Runtime:
     def close(self) -> None:
         self.jobs.close()
         self.db.dispose()
+
+
+def freeze_startup_heap() -> None:
+    """Take what start-up made (the schema, the lenses, the runtime) out of the garbage collector's sight:
+    it lives as long as the process, and otherwise every full collection that a request's or a job's
+    garbage triggers walks it all again (0.3 ms per page of DTUs, measured). For long-lived processes
+    (``concord serve``, RQ workers) only: what is frozen is never collected."""
+    gc.collect()
+    gc.freeze()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import gc
 import getpass
 import ipaddress
 import sys
@@ -59,7 +58,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from concord_core.api.app import create_app
     from concord_core.api.gql.schema import load_lenses
-    from concord_core.api.runtime import Runtime
+    from concord_core.api.runtime import Runtime, freeze_startup_heap
     from concord_core.db.migrate import SchemaTooNew, upgrade
     from concord_core.events.log import seal_pending
     from concord_core.observability.logging import configure_logging
@@ -123,19 +122,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def freeze_startup_heap() -> None:
-    """Take what start-up made (the schema, the lenses, the runtime) out of the garbage collector's sight:
-    it lives as long as the process, and otherwise every full collection a request's garbage triggers
-    walks it all again (0.3 ms per page of DTUs, measured). For a long-lived process only: what is
-    frozen is never collected."""
-    gc.collect()
-    gc.freeze()
-
-
 def serve_app() -> Any:
     """The app of one ``concord serve --workers N`` worker process, from the environment's settings."""
     from concord_core.api.app import create_app
-    from concord_core.api.runtime import Runtime
+    from concord_core.api.runtime import Runtime, freeze_startup_heap
     from concord_core.observability.logging import configure_logging
 
     settings = load_settings()
