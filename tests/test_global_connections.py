@@ -24,10 +24,12 @@ import psycopg
 import pytest
 from authz import gid, key_of
 from global_world import BACKENDS, Query, World, all_rows, expected, open_world, statements
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 
+from concord_core.browse.connection import Part, paginate_parts
 from concord_core.browse.service import BrowseService
-from concord_core.db.models import Artifact, ArtifactVersion, Dtu, DtuVersion, EntityTag
+from concord_core.db.engine import Database
+from concord_core.db.models import Artifact, ArtifactVersion, Dtu, DtuVersion, EntityTag, User, Workspace
 from concord_core.db.types import new_id
 from concord_core.operators import accounts as account_ops
 from concord_core.operators import artifacts as artifact_ops
@@ -761,3 +763,29 @@ def test_the_indexes_still_match_a_rebuild(world: World) -> None:
         assert verify_all(connection) is None
     with world.runtime.db.read() as session:
         assert session.scalar(select(func.count()).select_from(Dtu)) == len(all_rows(world, "dtus"))
+
+
+def test_a_page_read_in_parts_leaves_out_rows_gone_and_shows_a_row_read_twice_once(database_url: str) -> None:
+    """paginate_parts reads each part's keys, then the page's rows, in separate statements. Between them a
+    row may be deleted, or an edit may move it from one part to the next. Here the parts stand for that
+    directly: one names ids that have no user, and two name the same users."""
+    db = Database(database_url)
+    try:
+        with db.write() as session:
+            users = [User(email=f"{name}@example.org", display_name=name) for name in ("ann", "bob")]
+            session.add_all(users)
+            session.flush()
+            session.add(Workspace(name="not a user"))
+            ids = sorted(user.id for user in users)
+        parts = [
+            Part(select(User), (literal(2), literal(0.5), User.id), 2),
+            Part(select(User), (literal(1), literal(0.5), User.id), 1),  # read again: moved by an edit
+            Part(select(Workspace), (literal(0), literal(0.5), Workspace.id), 0),  # no such users
+        ]
+        with db.read() as session:
+            page = paginate_parts(session, parts, "parts", (User, User.id), first=10)
+        assert sorted(user.id for user in page.items) == ids
+        assert len(page.cursors) == len(page.items) == 2
+        assert not page.has_next_page
+    finally:
+        db.dispose()

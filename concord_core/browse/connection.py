@@ -209,6 +209,13 @@ def paginate_parts(
             select(*wanted_columns, row_id.label("page_row_id")).where(row_id.in_([k[-1] for k in found]))
         )
         by_id = {row[-1]: row if row_columns is not None else row[0] for row in fetched.all()}
+    # The parts and the rows are separate statements: a row deleted in between is left out, and one an edit
+    # moved from one part to the next (read by both) is shown once, rather than failing the page.
+    kept: dict[Any, tuple[Any, ...]] = {}
+    for key in found:
+        if key[-1] in by_id:
+            kept.setdefault(key[-1], key)
+    found = list(kept.values())
     return Page(
         items=[by_id[key[-1]] for key in found],
         cursors=[encode_cursor(name, key) for key in found],
