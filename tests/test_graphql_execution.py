@@ -40,6 +40,7 @@ class Thing:
     missing: str  # non-null, holds None
     bad_item: list[str]  # [String!]!, holds a None item
     boom: str  # reading it raises
+    maybe_boom: str | None  # so does reading this one
 
     @strawberry.field
     def resolved(self) -> str:
@@ -53,6 +54,14 @@ class ExplodingThing(Thing):
 
     @boom.setter
     def boom(self, _value: str) -> None:
+        pass
+
+    @property
+    def maybe_boom(self) -> str | None:
+        raise ValueError("cannot read this either")
+
+    @maybe_boom.setter
+    def maybe_boom(self, _value: str | None) -> None:
         pass
 
 
@@ -73,6 +82,7 @@ def _thing(number: int) -> Thing:
         missing=None,  # type: ignore[arg-type]
         bad_item=["ok", None],  # type: ignore[list-item]
         boom="",
+        maybe_boom=None,
     )
 
 
@@ -97,6 +107,7 @@ QUERIES = [
     ("{ thing { missing } }", True),
     ("{ thing { badItem } }", True),
     ("{ thing { boom name } }", True),
+    ("{ things { name maybeBoom } }", True),
     ("{ things { name missing } }", True),
 ]
 

@@ -141,15 +141,18 @@ class ConcordExecutionContext(StrawberryGraphQLCoreExecutionContext):
         node = field_details_list[0].node
         leaf = parent_type.extensions.get(PLAIN_LEAVES, {}).get(node.name.value)
         if leaf is not None and self._fast_leaves and not node.directives:
-            try:
-                value = leaf.read(source)
-            except Exception:
-                value = None  # graphql-core reads it again and reports the error
-            if type(value) in PLAIN_VALUE_TYPES or not self.is_awaitable(value):
-                try:
-                    completed = _coerce(leaf, value)
-                except Exception:
-                    completed = Undefined
-                if completed is not Undefined:
-                    return completed
+            completed = self._complete_plain_leaf(leaf, source)
+            if completed is not Undefined:
+                return completed
         return super().execute_field(parent_type, source, field_details_list, path, position_context)
+
+    def _complete_plain_leaf(self, leaf: PlainLeaf, source: Any) -> Any:
+        """The field's completed value, or ``Undefined`` for graphql-core to read and complete it again
+        (reporting any error its own way)."""
+        try:
+            value = leaf.read(source)
+            if type(value) not in PLAIN_VALUE_TYPES and self.is_awaitable(value):
+                return Undefined
+            return _coerce(leaf, value)
+        except Exception:
+            return Undefined
