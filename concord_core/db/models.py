@@ -306,7 +306,19 @@ class JobArtifact(Base):
 # --- event log and audit --------------------------------------------------------------------------
 
 
-class Event(Base):
+class EventContent:
+    """The columns of an event's content besides its type and workspace: shared by the log and the outbox
+    (which declare those two themselves: the log indexes them)."""
+
+    actor_id: Mapped[str | None] = mapped_column(Id)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    entity_type: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Event(EventContent, Base):
     """One entry of the append-only, hash-chained event log. ``seq`` is the order in which events become
     visible in the log, consistent with causality (see :mod:`concord_core.events.log`)."""
 
@@ -318,25 +330,19 @@ class Event(Base):
     )
     event_type: Mapped[str] = mapped_column(String(64), index=True)
     workspace_id: Mapped[str | None] = mapped_column(Id, index=True)
-    actor_id: Mapped[str | None] = mapped_column(Id)
-    request_id: Mapped[str | None] = mapped_column(String(128))
-    entity_type: Mapped[str] = mapped_column(String(32))
-    entity_id: Mapped[str] = mapped_column(String(100))
-    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
-class EventOutbox(Base):
+class EventOutbox(EventContent, Base):
     """Events committed by their transactions but not yet sealed into the log (PostgreSQL only).
 
     A transaction that finds the chain busy stages its event here, under no lock on the chain, so such
     transactions commit concurrently; sealing (``concord_seal_events``, migration 0007) moves committed
-    rows into ``events`` in ``id`` order, numbering and hashing them. The content columns are those of
-    :class:`Event`; ``id`` only orders the rows. The event's hash will be SHA-256 of the previous hash,
-    ``hashed_before_seq``, its sequence number and ``hashed_after_seq``: the text that
-    :func:`concord_core.events.log.event_hash` hashes, either side of the sequence number."""
+    rows into ``events`` in ``id`` order, numbering and hashing them; ``id`` only orders the rows. The
+    event's hash will be SHA-256 of the previous hash, ``hashed_before_seq``, its sequence number and
+    ``hashed_after_seq``: the text that :func:`concord_core.events.log.event_hash` hashes, either side of
+    the sequence number."""
 
     __tablename__ = "event_outbox"
 
@@ -345,12 +351,6 @@ class EventOutbox(Base):
     )
     event_type: Mapped[str] = mapped_column(String(64))
     workspace_id: Mapped[str | None] = mapped_column(Id)
-    actor_id: Mapped[str | None] = mapped_column(Id)
-    request_id: Mapped[str | None] = mapped_column(String(128))
-    entity_type: Mapped[str] = mapped_column(String(32))
-    entity_id: Mapped[str] = mapped_column(String(100))
-    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     hashed_before_seq: Mapped[bytes] = mapped_column(LargeBinary)
     hashed_after_seq: Mapped[bytes] = mapped_column(LargeBinary)
 
