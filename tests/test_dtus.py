@@ -129,6 +129,17 @@ FULL = {
 }
 
 
+def test_answers_carry_any_json_exactly(gql: GraphQL) -> None:
+    """Answers are encoded by orjson, except what it refuses (an integer past 64 bits), which falls back to
+    json: both arrive exactly, as does text beyond ASCII."""
+    machine = {"huge": 2**70, "exact": 2**63 - 1, "text": "naïve — 音楽 🎵", "float": 0.1}
+    dtu = create(gql, title="Ünïcode ✓", machine=machine)
+    assert (dtu["title"], dtu["machine"]) == ("Ünïcode ✓", machine)
+    fetched = fetch(gql, dtu["id"])
+    assert (fetched["title"], fetched["machine"]) == ("Ünïcode ✓", machine)
+    assert fetch(gql, create(gql, machine={"n": 1})["id"])["machine"] == {"n": 1}
+
+
 def test_create_with_every_field(gql: GraphQL, runtime: Runtime) -> None:
     dtu = create(gql, **FULL)
     assert dtu["title"] == "Tension and release"  # trimmed

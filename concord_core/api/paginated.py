@@ -3,6 +3,7 @@ served by the same browse service, filters, search, cursors and access rules as 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -58,12 +59,11 @@ def _names(browsable: Browsable) -> list[tuple[str, str]]:
     return [(attribute.key, attribute.columns[0].name) for attribute in mapper.column_attrs]
 
 
-def row_json(row: Any, names: list[tuple[str, str]]) -> dict[str, Any]:
-    """A plain row of a page (every column, by attribute) as JSON by column name, timestamps as ISO 8601."""
+def row_json(row: Mapping[str, Any], names: list[tuple[str, str]]) -> dict[str, Any]:
+    """A row of a page (every column, by attribute) as JSON by column name, timestamps as ISO 8601."""
     values: dict[str, Any] = {}
-    mapping = row._mapping
     for key, name in names:
-        value = mapping[key]
+        value = row[key]
         values[name] = value.isoformat() if isinstance(value, datetime) else value
     return values
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Row, Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
@@ -91,12 +91,52 @@ def paginate(
     rows_of: tuple[type, ColumnElement[Any]] | None = None,
 ) -> Page[Any]:
     """One page of ``query`` (a select of one ORM entity) in ``ordering``, whose last key is the entity's
-    primary key. The items are the entities; with ``row_columns``, plain rows of those columns instead (no
+    primary key. The items are the entities; with ``row_columns``, dicts of those columns by name instead (no
     ORM objects to build, and only the columns the caller will read are fetched and decoded).
 
     With ``rows_of`` (an entity and its primary key), ``query`` only finds the page's keys, from another
     table whose last key holds that entity's primary key (tag postings): the items are then rows of that
     entity (or of ``row_columns``, which are its columns)."""
+    plan = plan_page(
+        query,
+        ordering,
+        first=first,
+        after=after,
+        last=last,
+        before=before,
+        row_columns=row_columns,
+        rows_of=rows_of,
+    )
+    return read_page(session, plan)
+
+
+@dataclass(frozen=True)
+class PagePlan:
+    """A page's statement and how to read its rows: :func:`paginate` in two steps, so that a caller may
+    keep the plan (statements are immutable) and read it again."""
+
+    statement: AnySelect
+    order: str  # the ordering's name, in every cursor
+    width: int  # the item's columns in each row; its sort keys follow
+    size: int
+    backwards: bool
+    plain: bool  # items are dicts of columns, not entities
+    after: bool
+    before: bool
+
+
+def plan_page(
+    query: AnySelect,
+    ordering: Ordering,
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+    row_columns: Sequence[ColumnElement[Any]] | None = None,
+    rows_of: tuple[type, ColumnElement[Any]] | None = None,
+) -> PagePlan:
+    """The plan of :func:`paginate` (VALIDATION errors for bad page sizes and cursors)."""
     size, backwards = page_size(first, last)
     columns = list(ordering.columns)
     kinds = [_kind(column) for column in columns]
@@ -120,23 +160,50 @@ def paginate(
     key_columns = [keys.c[f"k{n}"] for n in range(len(columns))]
     entity, row_id = rows_of if rows_of is not None else (query.column_descriptions[0]["entity"], columns[-1])
     wanted = list(row_columns) if row_columns is not None else [entity]
-    page = (
+    statement = (
         select(*wanted, *key_columns)
         .join(keys, row_id == key_columns[-1])
         .order_by(*(key.desc() if reverse else key.asc() for key in key_columns))
     )
-    rows = list(session.execute(page).all())
-    more = len(rows) > size
-    rows = rows[:size]
-    if backwards:
-        rows.reverse()
-    width = len(wanted)
-    return Page(
-        items=[row if row_columns is not None else row[0] for row in rows],
-        cursors=[encode_cursor(ordering.name, tuple(row[width:])) for row in rows],
-        has_next_page=more if not backwards else bool(before),
-        has_previous_page=more if backwards else bool(after),
+    return PagePlan(
+        statement,
+        ordering.name,
+        len(wanted),
+        size,
+        backwards,
+        plain=row_columns is not None,
+        after=bool(after),
+        before=bool(before),
     )
+
+
+def read_page(session: Session, plan: PagePlan) -> Page[Any]:
+    """Run a :class:`PagePlan`."""
+    width = plan.width
+    names: list[str] = []
+    if plan.plain:
+        names, rows = _plain_rows(session, plan.statement, width)
+    else:
+        rows = list(session.execute(plan.statement).all())
+    more = len(rows) > plan.size
+    rows = rows[: plan.size]
+    if plan.backwards:
+        rows.reverse()
+    # zip stops at the names: the sort keys after them are not the item's
+    items = [dict(zip(names, row, strict=False)) for row in rows] if plan.plain else [row[0] for row in rows]
+    return Page(
+        items=items,
+        cursors=[encode_cursor(plan.order, tuple(row[width:])) for row in rows],
+        has_next_page=more if not plan.backwards else plan.before,
+        has_previous_page=more if plan.backwards else plan.after,
+    )
+
+
+def _plain_rows(session: Session, statement: AnySelect, width: int) -> tuple[list[str], list[Row[Any]]]:
+    """The names of the first ``width`` columns of ``statement`` and its rows, read as plain rows: through
+    the session's connection, which skips the ORM's result machinery (there are no entities to load)."""
+    result = session.connection().execute(statement)
+    return list(result.keys())[:width], list(result.all())
 
 
 def count(session: Session, query: AnySelect) -> int:
@@ -205,10 +272,12 @@ def paginate_parts(
     wanted_columns = list(row_columns) if row_columns is not None else [entity]
     by_id: dict[Any, Any] = {}
     if found:
-        fetched = session.execute(
-            select(*wanted_columns, row_id.label("page_row_id")).where(row_id.in_([k[-1] for k in found]))
-        )
-        by_id = {row[-1]: row if row_columns is not None else row[0] for row in fetched.all()}
+        rows = select(*wanted_columns, row_id.label("page_row_id")).where(row_id.in_([k[-1] for k in found]))
+        if row_columns is not None:
+            names, fetched = _plain_rows(session, rows, len(wanted_columns))
+            by_id = {row[-1]: dict(zip(names, row, strict=False)) for row in fetched}
+        else:
+            by_id = {row[-1]: row[0] for row in session.execute(rows).all()}
     # The parts and the rows are separate statements: a row deleted in between is left out, and one an edit
     # moved from one part to the next (read by both) is shown once, rather than failing the page.
     kept: dict[Any, tuple[Any, ...]] = {}

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -40,9 +43,17 @@ from sqlalchemy.dialects.postgresql import TSQUERY
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
-from concord_core.auth.policy import readable_filter
+from concord_core.auth.policy import readable_filter, readable_workspace_filter
 from concord_core.auth.principal import Principal
-from concord_core.browse.connection import AnySelect, Ordering, Page, Part, count, paginate, paginate_parts
+from concord_core.browse.connection import (
+    AnySelect,
+    Ordering,
+    Page,
+    Part,
+    paginate_parts,
+    plan_page,
+    read_page,
+)
 from concord_core.browse.indexes import BUCKET, INDEXED, POSTINGS, ROLLED_UP, TOTAL
 from concord_core.browse.scopes import readable_scopes, scope_sum, search_scopes, title_search_vector
 from concord_core.browse.source import Browsable, FilterKind
@@ -54,6 +65,13 @@ DEFAULT_FACET_VALUES = 20
 MAX_FACET_VALUES = 100
 MAX_FILTER_VALUES = 100
 RELEVANCE = "relevance"
+#: Totals' and facets' statements kept, by principal and request (see BrowseService._memoized).
+STATEMENT_CACHE_SIZE = 1024
+#: Access predicates that depend on nothing but the principal's own fields: a statement built with one
+#: for a principal serves every later request by an equal principal.
+PRINCIPAL_ONLY_ACCESS = (readable_filter, readable_workspace_filter)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -122,10 +140,57 @@ class _Counters:
     conditions: list[ColumnElement[bool]]
 
 
+def _frozen(value: FilterValue) -> Hashable:
+    if isinstance(value, TagFilter):
+        return ("tags", tuple(value.any_of), tuple(value.all_of))
+    if isinstance(value, RangeFilter):
+        return value
+    return tuple(value)
+
+
 class BrowseService:
     def __init__(self, db: Database, facet_budget_seconds: float = 1.0) -> None:
         self.db = db
         self.facet_budget_seconds = facet_budget_seconds
+        self._statements: OrderedDict[Hashable, Any] = OrderedDict()
+        self._statements_lock = threading.Lock()
+
+    # -- statements built once ------------------------------------------------------------------------
+
+    def _statement_key(
+        self, kind: str, principal: Principal, browsable: Browsable, request: BrowseRequest, *more: Hashable
+    ) -> Hashable | None:
+        """What the ``kind`` statements for this question depend on, or None if that cannot be told: its
+        browsable's access predicate may read more than the principal (a lens's own)."""
+        if browsable.access not in PRINCIPAL_ONLY_ACCESS:
+            return None
+        who = (principal.user_id, principal.is_admin, tuple(sorted(principal.roles.items())))
+        asked = (
+            tuple((name, _frozen(value)) for name, value in request.filters.items()),
+            request.search,
+            request.sort,
+            request.descending,
+        )
+        return (kind, browsable.name, who, asked, *more)
+
+    def _memoized(self, key: Hashable | None, build: Callable[[], T]) -> T:
+        """``build()``, or what it built before for ``key`` (None: always build). Building a total's or
+        facets' statements costs more CPU than running them (several ms for three facets, against a
+        fraction of one to run them from their counters), and a client asks the same question page after
+        page. SQLAlchemy statements are immutable, so one may run in several threads at once."""
+        if key is None:
+            return build()
+        with self._statements_lock:
+            found = self._statements.get(key)
+            if found is not None:
+                self._statements.move_to_end(key)
+                return found
+        built = build()
+        with self._statements_lock:
+            self._statements[key] = built
+            if len(self._statements) > STATEMENT_CACHE_SIZE:
+                self._statements.popitem(last=False)
+        return built
 
     # -- query building -------------------------------------------------------------------------------
 
@@ -347,8 +412,45 @@ class BrowseService:
         columns: Sequence[str] | None = None,
     ) -> Page[Any]:
         """A page of the rows the caller may read: the model's entities, or with ``columns`` (attribute
-        names of the model; its id is always included) plain rows of just those columns."""
+        names of the model; its id is always included) dicts of just those columns by attribute name."""
         self._check(browsable, request)
+        # A first page's statements are kept (every browse starts there); a page after a cursor is built
+        # anew, or every cursor would be kept and push the rest out.
+        shown = None if columns is None else tuple(columns)
+        key = (
+            self._statement_key("page", principal, browsable, request, first, last, shown)
+            if after is None and before is None
+            else None
+        )
+
+        def build() -> Callable[[Session], Page[Any]]:
+            return self._page_reader(
+                principal,
+                browsable,
+                request,
+                first=first,
+                after=after,
+                last=last,
+                before=before,
+                columns=columns,
+            )
+
+        reader = self._memoized(key, build)
+        return reader(session)
+
+    def _page_reader(
+        self,
+        principal: Principal,
+        browsable: Browsable,
+        request: BrowseRequest,
+        *,
+        first: int | None,
+        after: str | None,
+        last: int | None,
+        before: str | None,
+        columns: Sequence[str] | None,
+    ) -> Callable[[Session], Page[Any]]:
+        """What reads the page :meth:`page` describes, given a session (its statements built)."""
         selected = None
         if columns is not None:
             selected = [browsable.column(name) for name in dict.fromkeys(["id", *columns])]
@@ -361,8 +463,7 @@ class BrowseService:
                 getattr(EntityTag, POSTING_SORTS[sort]),
                 EntityTag.__table__.c.entity_id,
             ]
-            return paginate(
-                session,
+            plan = plan_page(
                 select(EntityTag).where(*postings),
                 Ordering(f"{sort}:{direction}", keys, request.descending),
                 first=first,
@@ -372,15 +473,16 @@ class BrowseService:
                 row_columns=selected,
                 rows_of=(browsable.model, browsable.column("id")),
             )
+            return partial(read_page, plan=plan)
         query, rank = self._query(principal, browsable, request)
         sort = request.sort or (RELEVANCE if rank is not None else "created")
         tiers = self._tiers(principal, browsable, request) if sort == RELEVANCE and rank is not None else None
         if tiers is not None:
-            return paginate_parts(
-                session,
-                tiers,
-                RELEVANCE,
-                (browsable.model, browsable.column("id")),
+            return partial(
+                paginate_parts,
+                parts=tiers,
+                name=RELEVANCE,
+                rows_of=(browsable.model, browsable.column("id")),
                 first=first,
                 after=after,
                 last=last,
@@ -395,9 +497,10 @@ class BrowseService:
             key = browsable.column(browsable.sorts[sort])
             direction = "desc" if request.descending else "asc"
             ordering = Ordering(f"{sort}:{direction}", (key, browsable.column("id")), request.descending)
-        return paginate(
-            session, query, ordering, first=first, after=after, last=last, before=before, row_columns=selected
+        plan = plan_page(
+            query, ordering, first=first, after=after, last=last, before=before, row_columns=selected
         )
+        return partial(read_page, plan=plan)
 
     # -- counting from browse_counts ------------------------------------------------------------------
 
@@ -471,15 +574,21 @@ class BrowseService:
         self, session: Session, principal: Principal, browsable: Browsable, request: BrowseRequest
     ) -> int:
         self._check(browsable, request)
+        statement = self._memoized(
+            self._statement_key("total", principal, browsable, request),
+            lambda: self._total_statement(principal, browsable, request),
+        )
+        return int(session.scalar(statement) or 0)
+
+    def _total_statement(self, principal: Principal, browsable: Browsable, request: BrowseRequest) -> Any:
         counters = self._counters(browsable, request)
         if counters is not None:
-            summed = select(func.sum(BrowseCount.count)).where(*self._counted(principal, browsable, counters))
-            return int(session.scalar(summed) or 0)
+            return select(func.sum(BrowseCount.count)).where(*self._counted(principal, browsable, counters))
         postings = self._postings(principal, browsable, request)
         if postings is not None:
-            return int(session.scalar(select(func.count()).select_from(EntityTag).where(*postings)) or 0)
+            return select(func.count()).select_from(EntityTag).where(*postings)
         query, _rank = self._query(principal, browsable, request)
-        return count(session, query)
+        return select(func.count()).select_from(query.order_by(None).subquery())
 
     def facets(
         self,
@@ -497,13 +606,16 @@ class BrowseService:
         for name in wanted:
             if name not in browsable.facets:
                 raise _invalid(f"{browsable.name} has no facet {name!r}", "facets")
-        plans = {name: self._facet_query(principal, browsable, request, name) for name in wanted}
+        plans, top_values = self._memoized(
+            self._statement_key("facets", principal, browsable, request, tuple(wanted), limit),
+            lambda: self._facet_statements(principal, browsable, request, wanted, limit),
+        )
         found: dict[str, FacetResult] = {}
         from_counters = [name for name in wanted if not plans[name][1]]
-        if from_counters:
+        if top_values is not None:
             # Counters are a bounded read (values times buckets): all such facets in one statement.
             with self.db.read(transaction=False) as session:  # no budget: no SET LOCAL
-                rows = session.execute(self._top_values(plans, from_counters, limit)).all()
+                rows = session.execute(top_values).all()
             for name in from_counters:
                 counted = sorted((row for row in rows if row.facet == name), key=lambda row: row.place)
                 found[name] = self._result(name, counted, limit)
@@ -521,6 +633,15 @@ class BrowseService:
                     continue
             found[name] = self._result(name, live_rows, limit)
         return [found[name] for name in wanted]
+
+    def _facet_statements(
+        self, principal: Principal, browsable: Browsable, request: BrowseRequest, names: list[str], limit: int
+    ) -> tuple[dict[str, tuple[AnySelect, bool]], Any]:
+        """Each facet's query and whether it counts live, and one statement for the top values of all
+        those read from counters (None if there are none)."""
+        plans = {name: self._facet_query(principal, browsable, request, name) for name in names}
+        from_counters = [name for name in names if not plans[name][1]]
+        return plans, self._top_values(plans, from_counters, limit) if from_counters else None
 
     @staticmethod
     def _result(name: str, counted: Sequence[Any], limit: int) -> FacetResult:

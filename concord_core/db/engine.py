@@ -29,8 +29,9 @@ PING_AFTER_IDLE_SECONDS = 5.0
 #: write); parallel workers and JIT compilation cost more to start than such a statement takes to run
 #: (at 1M DTUs the planner launched 2 workers for a tag-filtered page: 448 ms before the first row on a
 #: busy machine, against a few ms without), and setting them per transaction would cost a round trip each.
+#: TimeZone=UTC: timestamps then arrive already in UTC (see UtcDateTime), whatever the server's default.
 #: Options in the database URL come after these, so they win.
-POSTGRES_SESSION_OPTIONS = "-c jit=off -c max_parallel_workers_per_gather=0"
+POSTGRES_SESSION_OPTIONS = "-c jit=off -c max_parallel_workers_per_gather=0 -c TimeZone=UTC"
 
 
 def _configure_sqlite(engine: Engine) -> None:

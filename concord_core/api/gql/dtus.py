@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any, cast
 
 import strawberry
-from sqlalchemy import Row
 from strawberry.scalars import JSON
 from strawberry.utils.str_converters import to_camel_case
 
@@ -140,14 +139,11 @@ class Dtu(Node):
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row: models.Dtu | Row[Any]) -> Dtu:
-        """A DTU from its model, or from a plain row of some of its columns (a page's, which fetched
+    def from_row(cls, row: models.Dtu | Mapping[str, Any]) -> Dtu:
+        """A DTU from its model, or from some of its columns by attribute name (a page's, which fetched
         only the columns of the fields its query selects, see DTU_COLUMNS; the id always). A field whose
-        column a row lacks is None: the query did not select it, so nothing reads it."""
-        # A dict's get: a row's own raises and catches inside for a column it lacks, ten times slower.
-        get: Callable[[str], Any] = (
-            partial(getattr, row) if isinstance(row, models.Dtu) else row._asdict().get
-        )
+        column is missing is None: the query did not select it, so nothing reads it."""
+        get: Callable[[str], Any] = partial(getattr, row) if isinstance(row, models.Dtu) else row.get
         key, merged_into, owner, workspace = (
             get("id"),
             get("merged_into_id"),

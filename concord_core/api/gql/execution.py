@@ -1,19 +1,23 @@
-"""A faster path through graphql-core for plain leaf fields.
+"""A faster path through graphql-core for plain fields.
 
 A page of 50 DTUs is about 400 fields, and graphql-core spends most of its time per field on machinery a
-plain attribute does not need: a ``GraphQLResolveInfo`` built for a resolver that ignores it, argument
-checks, and the generic ``complete_value`` dispatch. For a field Strawberry itself resolves as a *basic*
-field (no resolver, no permission classes or field extensions, no exception handlers: it reads the
-attribute and ignores ``info``) whose type is a scalar or enum, or a list of non-null ones,
-:class:`ConcordExecutionContext` reads the value as that resolver would (the attribute, through Strawberry's
-default resolver) and coerces it with the same ``coerce_output_value`` graphql-core would use, and
-nothing else.
+plain attribute does not need: a ``GraphQLResolveInfo`` built for a resolver that ignores it, a path, argument
+checks, and the generic ``complete_value`` dispatch, for every field and every object of the page. A field
+Strawberry itself resolves as a *basic* field (no resolver, no permission classes or field extensions, no
+exception handlers: it reads the attribute and ignores ``info``) is *plain* when its type is a scalar or enum,
+an object type, or a list of non-null ones. :class:`ConcordExecutionContext` completes plain fields itself:
+it reads the value as that resolver would (the attribute, through Strawberry's default resolver), coerces a
+leaf with the same ``coerce_output_value`` graphql-core would use, checks an object with its type's
+``is_type_of`` (Strawberry's, which looks at the value alone) and completes its selected fields the same way,
+and nothing else. An object whose selected fields are all plain (a connection's edges, each with its cursor
+and node) is completed in one loop.
 
 Anything out of the ordinary is left to graphql-core: a resolve middleware (a schema extension with a
-``resolve`` hook must see every field), directives on the field (``@stream``), a null, an error or an
-awaitable value, a value that does not coerce. The field is then executed again the standard way, so errors,
-their messages and their paths are graphql-core's own; reading a basic field twice only reads an
-attribute twice.
+``resolve`` hook must see every field), directives on the field (``@stream``), deferred fragments, a null in a
+non-null position, an error or an awaitable value, a value that does not coerce or that ``is_type_of``
+refuses, an ``is_type_of`` of the application's own. The whole object is then executed again the standard
+way, so errors, their messages and their paths are graphql-core's own; reading a plain field twice only reads
+an attribute twice.
 """
 
 from __future__ import annotations
@@ -39,26 +43,34 @@ from graphql import (
     is_leaf_type,
 )
 
-#: Key, in a ``GraphQLObjectType``'s ``extensions``, of its plain leaf fields by name.
+#: Keys, in a ``GraphQLObjectType``'s ``extensions``, of its plain leaf fields and plain object fields (an
+#: object or a list of them) by name.
 PLAIN_LEAVES = "concord.plain_leaves"
+PLAIN_OBJECTS = "concord.plain_objects"
 
 #: Name Strawberry gives the resolver of a basic field (strawberry/schema/schema_converter.py); checked by
 #: tests/test_graphql_execution.py so that a rename in Strawberry shows as a failing test, not a slowdown.
 BASIC_RESOLVER_NAME = "_get_basic_result"
 
 
+#: Module and name of the ``is_type_of`` Strawberry makes (strawberry/schema/schema_converter.py); checked by
+#: tests/test_graphql_execution.py like BASIC_RESOLVER_NAME.
+STRAWBERRY_IS_TYPE_OF = ("strawberry.schema.schema_converter", "is_type_of")
+
 #: Types of value that are never awaitable (the common ones: no need to ask).
 PLAIN_VALUE_TYPES = frozenset({str, int, float, bool, list, datetime})
 
 
-class PlainLeaf(NamedTuple):
+class PlainField(NamedTuple):
+    """A basic field the fast path completes: a leaf, an object, or a list of either (items non-null)."""
+
     read: Callable[[Any], Any]  # the value of the field on its source object
-    leaf_type: GraphQLLeafType
+    named_type: GraphQLLeafType | GraphQLObjectType  # of the value, or of each item of a list
     is_list: bool
     nullable: bool
 
 
-def plain_leaf(field: GraphQLField) -> PlainLeaf | None:
+def plain_field(field: GraphQLField) -> PlainField | None:
     """How to complete a field on the fast path, or None if it must take graphql-core's."""
     resolve = field.resolve
     if resolve is None or getattr(resolve, "__name__", None) != BASIC_RESOLVER_NAME:
@@ -72,44 +84,72 @@ def plain_leaf(field: GraphQLField) -> PlainLeaf | None:
     field_type = field.type
     nullable = not isinstance(field_type, GraphQLNonNull)
     inner = field_type if nullable else field_type.of_type  # type: ignore[union-attr]
-    if is_leaf_type(inner):
-        return PlainLeaf(read, inner, is_list=False, nullable=nullable)
-    if isinstance(inner, GraphQLList) and isinstance(inner.of_type, GraphQLNonNull):
-        item = inner.of_type.of_type
-        if is_leaf_type(item):
-            return PlainLeaf(read, item, is_list=True, nullable=nullable)
+    is_list = isinstance(inner, GraphQLList)
+    if is_list:
+        if not isinstance(inner.of_type, GraphQLNonNull):  # type: ignore[union-attr]
+            return None
+        inner = inner.of_type.of_type  # type: ignore[union-attr]
+    if is_leaf_type(inner) or (isinstance(inner, GraphQLObjectType) and _type_check(inner) is not None):
+        return PlainField(read, inner, is_list, nullable)
     return None
 
 
-def mark_plain_leaves(schema: GraphQLSchema) -> int:
-    """Record every object type's plain leaf fields in its ``extensions``; returns how many there are."""
+def _type_check(object_type: GraphQLObjectType) -> Callable[[Any, Any], Any] | bool | None:
+    """``is_type_of`` of an object type if the fast path may call it without ``info``, True if there is
+    none, and None if the type must be completed by graphql-core. Strawberry gives types that implement
+    interfaces an ``is_type_of`` that checks the value alone; a type's own check might read ``info``."""
+    check = object_type.is_type_of
+    if check is None:
+        return True
+    strawberrys = (
+        getattr(check, "__module__", None),
+        getattr(check, "__name__", None),
+    ) == STRAWBERRY_IS_TYPE_OF
+    return check if strawberrys else None
+
+
+def mark_plain_fields(schema: GraphQLSchema) -> int:
+    """Record every object type's plain leaf and object fields in its ``extensions``; returns how many."""
     marked = 0
     for named_type in schema.type_map.values():
         if not isinstance(named_type, GraphQLObjectType) or named_type.name.startswith("__"):
             continue
-        leaves = {}
+        leaves: dict[str, PlainField] = {}
+        objects: dict[str, PlainField] = {}
         for name, field in named_type.fields.items():
-            leaf = plain_leaf(field)
-            if leaf is not None:
-                leaves[name] = leaf
-        named_type.extensions = {**named_type.extensions, PLAIN_LEAVES: leaves}
-        marked += len(leaves)
+            plain = plain_field(field)
+            if plain is not None:
+                (objects if isinstance(plain.named_type, GraphQLObjectType) else leaves)[name] = plain
+        named_type.extensions = {**named_type.extensions, PLAIN_LEAVES: leaves, PLAIN_OBJECTS: objects}
+        marked += len(leaves) + len(objects)
     return marked
 
 
-def _coerce(leaf: PlainLeaf, value: Any) -> Any:
-    """The completed value, or ``Undefined`` when graphql-core must complete it (and report any error)."""
-    if value is None:
-        return None if leaf.nullable else Undefined
+class PlanEntry(NamedTuple):
+    """One selected field the fast path completes: a leaf, or an object (or list) with its own plan."""
+
+    field: PlainField
+    fields: Plan | None  # the object's selected fields, by response name; None for a leaf
+    type_check: Callable[[Any, Any], Any] | None  # the object type's is_type_of, if it has one
+
+
+#: An object's selected fields by response name, when the fast path can complete all of them.
+Plan = dict[str, PlanEntry]
+
+
+def _coerce(leaf: PlainField, value: Any) -> Any:
+    """A non-null leaf value completed, or ``Undefined`` when graphql-core must complete it (and report any
+    error)."""
     if isinstance(value, Exception):
         return Undefined
+    leaf_type: GraphQLLeafType = leaf.named_type  # type: ignore[assignment]
     if not leaf.is_list:
-        coerced = leaf.leaf_type.coerce_output_value(value)
+        coerced = leaf_type.coerce_output_value(value)
         return Undefined if coerced is None else coerced
     if not isinstance(value, list | tuple):
         return Undefined
     completed = []
-    coerce = leaf.leaf_type.coerce_output_value
+    coerce = leaf_type.coerce_output_value
     for item in value:
         if item is None or isinstance(item, Exception):
             return Undefined
@@ -121,14 +161,37 @@ def _coerce(leaf: PlainLeaf, value: Any) -> Any:
 
 
 class ConcordExecutionContext(StrawberryGraphQLCoreExecutionContext):
-    """Strawberry's execution context, with plain leaf fields completed without the per-field machinery."""
+    """Strawberry's execution context, with plain fields completed without the per-field machinery."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Strawberry hands every request a middleware manager; it only wraps resolvers when an extension
         # has a ``resolve`` hook, and then every field must go through it.
         manager = self.middleware_manager
-        self._fast_leaves = manager is None or not manager.middlewares
+        self._fast = manager is None or not manager.middlewares
+        # Memos by the identity of graphql-core's own memoized field groups, each kept alive beside its
+        # plan so that its id is not reused by another during the execution.
+        self._plans: dict[tuple[GraphQLObjectType, int], tuple[Any, Plan | None]] = {}
+        self._entries: dict[tuple[GraphQLObjectType, int], tuple[Any, PlanEntry | None]] = {}
+
+    def execute_fields(
+        self,
+        parent_type: GraphQLObjectType,
+        source_value: Any,
+        path: Any,
+        grouped_field_set: Any,
+        position_context: Any,
+    ) -> Any:
+        # An object whose selected fields are all plain (a page's edges and items) is completed in one
+        # loop: no path, no dispatch and no awaitable check per field. If anything cannot be, the whole
+        # object is executed the standard way (reading a plain field again only reads an attribute again).
+        if self._fast:
+            plan = self._plan(parent_type, grouped_field_set)
+            if plan is not None:
+                completed = self._complete_object(plan, source_value)
+                if completed is not Undefined:
+                    return completed
+        return super().execute_fields(parent_type, source_value, path, grouped_field_set, position_context)
 
     def execute_field(
         self,
@@ -138,21 +201,108 @@ class ConcordExecutionContext(StrawberryGraphQLCoreExecutionContext):
         path: Any,
         position_context: Any,
     ) -> Any:
-        node = field_details_list[0].node
-        leaf = parent_type.extensions.get(PLAIN_LEAVES, {}).get(node.name.value)
-        if leaf is not None and self._fast_leaves and not node.directives:
-            completed = self._complete_plain_leaf(leaf, source)
-            if completed is not Undefined:
-                return completed
+        # A plain field of an object that also has others (a connection's edges beside its totalCount).
+        if self._fast:
+            entry = self._entry(parent_type, field_details_list)
+            if entry is not None:
+                completed = self._complete_entry(entry, source)
+                if completed is not Undefined:
+                    return completed
         return super().execute_field(parent_type, source, field_details_list, path, position_context)
 
-    def _complete_plain_leaf(self, leaf: PlainLeaf, source: Any) -> Any:
-        """The field's completed value, or ``Undefined`` for graphql-core to read and complete it again
-        (reporting any error its own way)."""
+    # -- plans --------------------------------------------------------------------------------------------
+
+    def _plan(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> Plan | None:
+        """The plan of ``grouped_field_set``, or None unless the fast path can complete every field.
+        Memoized like graphql-core's ``collect_subfields``, whose field sets every item of a list shares."""
+        key = (parent_type, id(grouped_field_set))
+        cached = self._plans.get(key)
+        if cached is not None:
+            return cached[1]
+        plan: Plan | None = {}
+        for response_name, field_details_list in grouped_field_set.items():
+            entry = self._entry(parent_type, field_details_list)
+            if entry is None:
+                plan = None
+                break
+            plan[response_name] = entry  # type: ignore[index]
+        self._plans[key] = (grouped_field_set, plan)
+        return plan
+
+    def _entry(self, parent_type: GraphQLObjectType, field_details_list: Any) -> PlanEntry | None:
+        """How the fast path completes one selected field, or None if graphql-core must: a plain field
+        selected without directives or deferral, and for an object, a plan for all it selects."""
+        key = (parent_type, id(field_details_list))
+        cached = self._entries.get(key)
+        if cached is not None:
+            return cached[1]
+        entry = self._make_entry(parent_type, field_details_list)
+        self._entries[key] = (field_details_list, entry)
+        return entry
+
+    def _make_entry(self, parent_type: GraphQLObjectType, field_details_list: Any) -> PlanEntry | None:
+        if any(details.node.directives or details.defer_usage is not None for details in field_details_list):
+            return None
+        name = field_details_list[0].node.name.value
+        extensions = parent_type.extensions
+        leaf = extensions.get(PLAIN_LEAVES, {}).get(name)
+        if leaf is not None:
+            return PlanEntry(leaf, None, None)
+        plain = extensions.get(PLAIN_OBJECTS, {}).get(name)
+        if plain is None:
+            return None
+        object_type: GraphQLObjectType = plain.named_type
+        grouped_field_set, new_defer_usages, forbidden = self.collect_subfields(
+            object_type, field_details_list
+        )
+        if new_defer_usages or forbidden:
+            return None
+        fields = self._plan(object_type, grouped_field_set)
+        check = _type_check(object_type)
+        if fields is None or check is None:
+            return None
+        return PlanEntry(plain, fields, None if check is True else check)  # type: ignore[arg-type]
+
+    # -- completion: a value, or Undefined for graphql-core to do it again (and report any error) ---------
+
+    def _complete_object(self, plan: Plan, source: Any) -> Any:
+        results: dict[str, Any] = {}
+        complete = self._complete_entry
+        for response_name, entry in plan.items():
+            completed = complete(entry, source)
+            if completed is Undefined:
+                return Undefined
+            results[response_name] = completed
+        return results
+
+    def _complete_entry(self, entry: PlanEntry, source: Any) -> Any:
+        field = entry.field
         try:
-            value = leaf.read(source)
+            value = field.read(source)
+            if value is None:
+                return None if field.nullable else Undefined
             if type(value) not in PLAIN_VALUE_TYPES and self.is_awaitable(value):
                 return Undefined
-            return _coerce(leaf, value)
+            if entry.fields is None:
+                return _coerce(field, value)
+            if not field.is_list:
+                return self._complete_item(entry, value)
+            if not isinstance(value, list | tuple):
+                return Undefined
+            completed = []
+            for item in value:
+                done = self._complete_item(entry, item)
+                if done is Undefined:
+                    return Undefined
+                completed.append(done)
+            return completed
         except Exception:
             return Undefined
+
+    def _complete_item(self, entry: PlanEntry, value: Any) -> Any:
+        """An object value (non-null), checked as graphql-core would (``is_type_of``)."""
+        if value is None or isinstance(value, Exception) or self.is_awaitable(value):
+            return Undefined
+        if entry.type_check is not None and not entry.type_check(value, None):
+            return Undefined
+        return self._complete_object(entry.fields, value)  # type: ignore[arg-type]

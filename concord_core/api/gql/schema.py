@@ -21,7 +21,7 @@ from concord_core.api.gql.context import GqlInfo
 from concord_core.api.gql.cost import CostCache, QueryCost
 from concord_core.api.gql.dtus import DtuMutations, DtuQueries
 from concord_core.api.gql.errors import ErrorShaping
-from concord_core.api.gql.execution import ConcordExecutionContext, mark_plain_leaves
+from concord_core.api.gql.execution import ConcordExecutionContext, mark_plain_fields
 from concord_core.api.gql.jobs import JobMutations, JobQueries, JobSubscriptions
 from concord_core.api.gql.lenses import LensMutations, LensQueries
 from concord_core.api.gql.nodes import NodeQueries
@@ -160,7 +160,7 @@ class ConcordSchema(strawberry.Schema):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(execution_context_class=ConcordExecutionContext, **kwargs)
-        mark_plain_leaves(self._schema)
+        mark_plain_fields(self._schema)
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
