@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from enum import Enum
 from functools import partial
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -33,12 +34,15 @@ from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
 
 from graphql import (
+    GraphQLEnumType,
     GraphQLField,
+    GraphQLID,
     GraphQLLeafType,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLSchema,
+    GraphQLString,
     Undefined,
     is_leaf_type,
 )
@@ -68,6 +72,28 @@ class PlainField(NamedTuple):
     named_type: GraphQLLeafType | GraphQLObjectType  # of the value, or of each item of a list
     is_list: bool
     nullable: bool
+    coerce: Callable[[Any], Any] | None  # a leaf's coerce_output_value, or a faster equivalent
+
+
+def _leaf_coercion(leaf_type: GraphQLLeafType) -> Callable[[Any], Any]:
+    """``leaf_type.coerce_output_value``, short-cut where its answer is known: a ``str`` is its own String or
+    ID, and an enum member's name is remembered (Strawberry's enum types search their values each time)."""
+    coerce = leaf_type.coerce_output_value
+    if leaf_type is GraphQLString or leaf_type is GraphQLID:
+        return lambda value: value if type(value) is str else coerce(value)
+    if isinstance(leaf_type, GraphQLEnumType):
+        names: dict[Enum, Any] = {}
+
+        def enum_name(value: Any) -> Any:
+            if not isinstance(value, Enum):
+                return coerce(value)
+            name = names.get(value)
+            if name is None:
+                name = names[value] = coerce(value)
+            return name
+
+        return enum_name
+    return coerce
 
 
 def plain_field(field: GraphQLField) -> PlainField | None:
@@ -89,8 +115,10 @@ def plain_field(field: GraphQLField) -> PlainField | None:
         if not isinstance(inner.of_type, GraphQLNonNull):  # type: ignore[union-attr]
             return None
         inner = inner.of_type.of_type  # type: ignore[union-attr]
-    if is_leaf_type(inner) or (isinstance(inner, GraphQLObjectType) and _type_check(inner) is not None):
-        return PlainField(read, inner, is_list, nullable)
+    if is_leaf_type(inner):
+        return PlainField(read, inner, is_list, nullable, _leaf_coercion(inner))
+    if isinstance(inner, GraphQLObjectType) and _type_check(inner) is not None:
+        return PlainField(read, inner, is_list, nullable, None)
     return None
 
 
@@ -142,14 +170,13 @@ def _coerce(leaf: PlainField, value: Any) -> Any:
     error)."""
     if isinstance(value, Exception):
         return Undefined
-    leaf_type: GraphQLLeafType = leaf.named_type  # type: ignore[assignment]
+    coerce: Callable[[Any], Any] = leaf.coerce  # type: ignore[assignment]
     if not leaf.is_list:
-        coerced = leaf_type.coerce_output_value(value)
+        coerced = coerce(value)
         return Undefined if coerced is None else coerced
     if not isinstance(value, list | tuple):
         return Undefined
     completed = []
-    coerce = leaf_type.coerce_output_value
     for item in value:
         if item is None or isinstance(item, Exception):
             return Undefined
@@ -281,7 +308,11 @@ class ConcordExecutionContext(StrawberryGraphQLCoreExecutionContext):
             value = field.read(source)
             if value is None:
                 return None if field.nullable else Undefined
-            if type(value) not in PLAIN_VALUE_TYPES and self.is_awaitable(value):
+            if (
+                type(value) not in PLAIN_VALUE_TYPES
+                and not isinstance(value, Enum)
+                and self.is_awaitable(value)
+            ):
                 return Undefined
             if entry.fields is None:
                 return _coerce(field, value)
