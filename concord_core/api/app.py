@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -11,8 +12,13 @@ import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import HTTPConnection
+from starlette.responses import Response
+from starlette.routing import Match, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.fastapi import GraphQLRouter
+from strawberry.schema.base import BaseSchema
 from strawberry.types.unset import UNSET, UnsetType
 
 import concord_core
@@ -53,17 +59,65 @@ def init_payload_credentials(payload: Any) -> dict[str, str] | None:
     return found or None
 
 
-class ConcordGraphQLRouter(GraphQLRouter[Context, None]):
-    """The GraphQL endpoint; websockets may authenticate in their connection_init payload."""
+class RecordsItself:
+    """A Starlette route that records itself in the scope when it matches, as FastAPI's own routes do,
+    so the request log and metrics name its template (observability.middleware.route_template)."""
 
-    def encode_json(self, data: object) -> str | bytes:
-        """The answer as compact JSON through orjson (a page of 50 items: a tenth of ``json.dumps``'s
-        time); what orjson refuses (integers past 64 bits, keys that are not strings) goes through
-        Strawberry's ``json.dumps``. Decoding stays with ``json``: orjson reads such integers as floats."""
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)  # type: ignore[misc]
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+class RecordedRoute(RecordsItself, Route):
+    pass
+
+
+class RecordedWebSocketRoute(RecordsItself, WebSocketRoute):
+    pass
+
+
+class ConcordGraphQL(GraphQL[Context, None]):
+    """The GraphQL endpoint at /graphql (HTTP and websockets): Strawberry's ASGI app, routed by Starlette
+    without FastAPI's dependency injection, which cost more per request than Strawberry's own handling
+    before the query ran. Websockets may authenticate in their connection_init payload."""
+
+    def __init__(self, schema: BaseSchema, runtime: Runtime) -> None:
+        super().__init__(schema, multipart_uploads_enabled=True, graphql_ide="graphiql")
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and _has_credential_headers(HTTPConnection(scope)):
+            # Credentials in the handshake are checked before Strawberry accepts the connection, so that
+            # bad ones are refused there with a 401, as over HTTP (rest.principal remembers good ones).
+            await rest.principal(cast(Request, WebSocket(scope, receive, send)))
+        await super().__call__(scope, receive, send)
+
+    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
+        """Who asks: an HTTP request or a subscription's websocket, from its headers (see rest.principal)."""
+        runtime = self.runtime
+        if (
+            request.scope["type"] == "websocket"
+            and runtime.settings.auth_mode is AuthMode.APIKEY
+            and not _has_credential_headers(request)
+        ):
+            # A websocket may authenticate in its connection_init payload instead (browsers cannot set
+            # its headers); until it does, it is nobody and can run nothing (on_ws_connect).
+            context = Context(runtime, ANONYMOUS)
+            context.awaiting_credentials = True
+            return context
+        return Context(runtime, await rest.principal(cast(Request, request)))
+
+    def encode_json(self, data: object) -> str:
+        """An answer or a websocket message as compact JSON through orjson (a page of 50 items: a tenth of
+        ``json.dumps``'s time); what orjson refuses (integers past 64 bits, keys that are not strings) goes
+        through ``json.dumps``. Text, not bytes: websocket messages are text frames. Decoding stays with
+        ``json``: orjson reads such integers as floats."""
         try:
-            return orjson.dumps(data)
+            return orjson.dumps(data).decode()
         except TypeError:
-            return super().encode_json(data)
+            return json.dumps(data, separators=(",", ":"))
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """Authenticate from the payload's Authorization or X-API-Key (as the HTTP headers do); bad
@@ -101,30 +155,14 @@ def create_app(runtime: Runtime) -> FastAPI:
         len(runtime.lenses.failed)
     )
 
-    async def graphql_context(connection: HTTPConnection) -> Context:
-        # An HTTP request or a subscription's websocket: principal() reads only headers, state and app.
-        if (
-            connection.scope["type"] == "websocket"
-            and runtime.settings.auth_mode is AuthMode.APIKEY
-            and not _has_credential_headers(connection)
-        ):
-            # A websocket may authenticate in its connection_init payload instead (browsers cannot set
-            # its headers); until it does, it is nobody and can run nothing (ConcordGraphQLRouter).
-            context = Context(runtime, ANONYMOUS)
-            context.awaiting_credentials = True
-            return context
-        return Context(runtime, await rest.principal(cast(Request, connection)))
-
-    graphql = ConcordGraphQLRouter(
-        build_schema(runtime.lenses),
-        context_getter=graphql_context,
-        multipart_uploads_enabled=True,
-        graphql_ide="graphiql",
-    )
     app.add_exception_handler(HTTPException, rest.http_error)
     app.add_exception_handler(RequestValidationError, rest.request_validation_error)
     # GraphQL first: most requests are GraphQL, and routes are matched in order (no path is shared).
-    app.include_router(graphql, prefix="/graphql")
+    graphql = ConcordGraphQL(build_schema(runtime.lenses), runtime)
+    app.router.routes.append(
+        RecordedRoute("/graphql", graphql, methods=["GET", "POST"], include_in_schema=False)
+    )
+    app.router.routes.append(RecordedWebSocketRoute("/graphql", graphql))
     app.include_router(rest.router)
     add_paginated_routes(app, list(runtime.browsables.values()))
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_upload_bytes)
