@@ -65,6 +65,25 @@ def test_an_equal_principal_reuses_the_statements(world: World) -> None:
     assert {key[0] for key in kept} == {"page", "total", "facets"}
 
 
+def test_every_page_after_a_cursor_shares_one_plan(world: World) -> None:
+    """The cursor is a parameter of the statement: a deep page costs what the second page costs."""
+    service = world.runtime.browse
+    alice = world.people["alice"].principal
+    seen: list[str] = []
+    after = None
+    with world.runtime.db.read() as session:
+        while True:
+            page = service.page(session, alice, DTUS, BrowseRequest(), first=3, after=after, columns=["title"])
+            seen += [item["id"] for item in page.items]
+            if not page.has_next_page:
+                break
+            after = page.cursors[-1]
+            if len(seen) == 6:
+                kept = dict(service._statements)  # the first page's plan and the one after a cursor
+    assert service._statements == kept
+    assert len(seen) == len(set(seen)) == _reference(world, "alice")[1] > 6
+
+
 def test_a_membership_gained_is_a_different_question(world: World) -> None:
     service = world.runtime.browse
     carol = world.people["carol"]

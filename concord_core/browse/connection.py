@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Row, Select, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Row, Select, bindparam, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
@@ -42,13 +42,23 @@ class Page(Generic[T]):
     has_previous_page: bool
 
 
-def _after(columns: Sequence[Any], values: Sequence[Any], descending: bool) -> ColumnElement[bool]:
-    """Rows strictly past ``values`` in the sort direction: a row-value comparison, which both databases
+def _past(columns: Sequence[Any], bounds: Sequence[Any], descending: bool) -> ColumnElement[bool]:
+    """Rows strictly past ``bounds`` in the sort direction: a row-value comparison, which both databases
     turn into a range on an index over the sort keys (the same condition spelled out with OR is only a
     filter, so a deep page would read every row before it)."""
-    keys = tuple_(*columns)
-    bounds = tuple_(*(literal(value, column.type) for column, value in zip(columns, values, strict=True)))
-    return keys < bounds if descending else keys > bounds
+    keys, bound = tuple_(*columns), tuple_(*bounds)
+    return keys < bound if descending else keys > bound
+
+
+def _after(columns: Sequence[Any], values: Sequence[Any], descending: bool) -> ColumnElement[bool]:
+    """:func:`_past` some values."""
+    bounds = [literal(value, column.type) for column, value in zip(columns, values, strict=True)]
+    return _past(columns, bounds, descending)
+
+
+def _cursor_bounds(side: str, columns: Sequence[Any]) -> list[Any]:
+    """Parameters standing for a cursor's sort keys (``after`` or ``before``), given when a plan is read."""
+    return [bindparam(f"cursor_{side}_{n}", type_=column.type) for n, column in enumerate(columns)]
 
 
 def _kind(column: ColumnElement[Any]) -> type:
@@ -101,28 +111,29 @@ def paginate(
         query,
         ordering,
         first=first,
-        after=after,
         last=last,
-        before=before,
+        after=after is not None,
+        before=before is not None,
         row_columns=row_columns,
         rows_of=rows_of,
     )
-    return read_page(session, plan)
+    return read_page(session, plan, after=after, before=before)
 
 
 @dataclass(frozen=True)
 class PagePlan:
-    """A page's statement and how to read its rows: :func:`paginate` in two steps, so that a caller may
-    keep the plan (statements are immutable) and read it again."""
+    """A page's statement and how to read its rows: :func:`paginate` in two steps. The cursors are
+    parameters of the statement, given when it is read, so one plan serves the first page and every page
+    after it (statements are immutable: a caller may keep a plan and read it in any thread)."""
 
     statement: AnySelect
-    order: str  # the ordering's name, in every cursor
+    ordering: Ordering
     width: int  # the item's columns in each row; its sort keys follow
     size: int
     backwards: bool
     plain: bool  # items are dicts of columns, not entities
-    after: bool
-    before: bool
+    after: bool  # it takes an ``after`` cursor
+    before: bool  # it takes a ``before`` cursor
 
 
 def plan_page(
@@ -130,23 +141,21 @@ def plan_page(
     ordering: Ordering,
     *,
     first: int | None = None,
-    after: str | None = None,
     last: int | None = None,
-    before: str | None = None,
+    after: bool = False,
+    before: bool = False,
     row_columns: Sequence[ColumnElement[Any]] | None = None,
     rows_of: tuple[type, ColumnElement[Any]] | None = None,
 ) -> PagePlan:
-    """The plan of :func:`paginate` (VALIDATION errors for bad page sizes and cursors)."""
+    """The plan of :func:`paginate`, for pages after (before) a cursor if ``after`` (``before``);
+    VALIDATION errors for bad page sizes."""
     size, backwards = page_size(first, last)
     columns = list(ordering.columns)
-    kinds = [_kind(column) for column in columns]
     descending = ordering.descending
     if after:
-        query = query.where(_after(columns, decode_cursor(after, ordering.name, kinds), descending))
+        query = query.where(_past(columns, _cursor_bounds("after", columns), descending))
     if before:
-        query = query.where(
-            _after(columns, decode_cursor(before, ordering.name, kinds, "before"), not descending)
-        )
+        query = query.where(_past(columns, _cursor_bounds("before", columns), not descending))
     reverse = descending != backwards  # SQL order: backwards pages are read in reverse, then flipped
     # The page's keys first, from the sort index alone where the database can (the access predicate and
     # filters checked on its entries); then only those rows are read whole.
@@ -167,24 +176,35 @@ def plan_page(
     )
     return PagePlan(
         statement,
-        ordering.name,
+        ordering,
         len(wanted),
         size,
         backwards,
         plain=row_columns is not None,
-        after=bool(after),
-        before=bool(before),
+        after=after,
+        before=before,
     )
 
 
-def read_page(session: Session, plan: PagePlan) -> Page[Any]:
-    """Run a :class:`PagePlan`."""
+def read_page(
+    session: Session, plan: PagePlan, after: str | None = None, before: str | None = None
+) -> Page[Any]:
+    """Run a :class:`PagePlan` with its cursors (VALIDATION errors for malformed or forged ones)."""
+    if plan.after != (after is not None) or plan.before != (before is not None):
+        raise ValueError("the cursors given are not the ones the plan was made for")
+    order = plan.ordering.name
+    kinds = [_kind(column) for column in plan.ordering.columns]
+    parameters: dict[str, Any] = {}
+    for side, cursor in (("after", after), ("before", before)):
+        if cursor is not None:
+            values = decode_cursor(cursor, order, kinds, side)
+            parameters.update({f"cursor_{side}_{n}": value for n, value in enumerate(values)})
     width = plan.width
     names: list[str] = []
     if plan.plain:
-        names, rows = _plain_rows(session, plan.statement, width)
+        names, rows = _plain_rows(session, plan.statement, width, parameters)
     else:
-        rows = list(session.execute(plan.statement).all())
+        rows = list(session.execute(plan.statement, parameters).all())
     more = len(rows) > plan.size
     rows = rows[: plan.size]
     if plan.backwards:
@@ -193,16 +213,18 @@ def read_page(session: Session, plan: PagePlan) -> Page[Any]:
     items = [dict(zip(names, row, strict=False)) for row in rows] if plan.plain else [row[0] for row in rows]
     return Page(
         items=items,
-        cursors=[encode_cursor(plan.order, tuple(row[width:])) for row in rows],
+        cursors=[encode_cursor(order, tuple(row[width:])) for row in rows],
         has_next_page=more if not plan.backwards else plan.before,
         has_previous_page=more if plan.backwards else plan.after,
     )
 
 
-def _plain_rows(session: Session, statement: AnySelect, width: int) -> tuple[list[str], list[Row[Any]]]:
+def _plain_rows(
+    session: Session, statement: AnySelect, width: int, parameters: dict[str, Any] | None = None
+) -> tuple[list[str], list[Row[Any]]]:
     """The names of the first ``width`` columns of ``statement`` and its rows, read as plain rows: through
     the session's connection, which skips the ORM's result machinery (there are no entities to load)."""
-    result = session.connection().execute(statement)
+    result = session.connection().execute(statement, parameters)
     return list(result.keys())[:width], list(result.all())
 
 

@@ -22,7 +22,6 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -49,6 +48,7 @@ from concord_core.browse.connection import (
     AnySelect,
     Ordering,
     Page,
+    PagePlan,
     Part,
     paginate_parts,
     plan_page,
@@ -65,13 +65,15 @@ DEFAULT_FACET_VALUES = 20
 MAX_FACET_VALUES = 100
 MAX_FILTER_VALUES = 100
 RELEVANCE = "relevance"
-#: Totals' and facets' statements kept, by principal and request (see BrowseService._memoized).
+#: Statements of pages, totals and facets kept, by principal and request (see BrowseService._memoized).
 STATEMENT_CACHE_SIZE = 1024
 #: Access predicates that depend on nothing but the principal's own fields: a statement built with one
 #: for a principal serves every later request by an equal principal.
 PRINCIPAL_ONLY_ACCESS = (readable_filter, readable_workspace_filter)
 
 T = TypeVar("T")
+#: Reads a page, given a session and the ``after`` and ``before`` cursors (see BrowseService.page).
+PageReader = Callable[[Session, str | None, str | None], Page[Any]]
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,13 @@ class _Counters:
     conditions: list[ColumnElement[bool]]
 
 
+def _reader(plan: PagePlan) -> PageReader:
+    def read(session: Session, after: str | None, before: str | None) -> Page[Any]:
+        return read_page(session, plan, after, before)
+
+    return read
+
+
 def _frozen(value: FilterValue) -> Hashable:
     if isinstance(value, TagFilter):
         return ("tags", tuple(value.any_of), tuple(value.all_of))
@@ -174,10 +183,10 @@ class BrowseService:
         return (kind, browsable.name, who, asked, *more)
 
     def _memoized(self, key: Hashable | None, build: Callable[[], T]) -> T:
-        """``build()``, or what it built before for ``key`` (None: always build). Building a total's or
-        facets' statements costs more CPU than running them (several ms for three facets, against a
-        fraction of one to run them from their counters), and a client asks the same question page after
-        page. SQLAlchemy statements are immutable, so one may run in several threads at once."""
+        """``build()``, or what it built before for ``key`` (None: always build). Building a page's,
+        total's or facets' statements costs more CPU than running them (several ms for three facets,
+        against a fraction of one to run them from their counters), and a client asks the same question
+        page after page. SQLAlchemy statements are immutable, so one may run in several threads at once."""
         if key is None:
             return build()
         with self._statements_lock:
@@ -414,29 +423,24 @@ class BrowseService:
         """A page of the rows the caller may read: the model's entities, or with ``columns`` (attribute
         names of the model; its id is always included) dicts of just those columns by attribute name."""
         self._check(browsable, request)
-        # A first page's statements are kept (every browse starts there); a page after a cursor is built
-        # anew, or every cursor would be kept and push the rest out.
+        # The cursors are parameters of the statements, so one plan serves every page of a question.
         shown = None if columns is None else tuple(columns)
-        key = (
-            self._statement_key("page", principal, browsable, request, first, last, shown)
-            if after is None and before is None
-            else None
-        )
+        paging = (first, last, after is not None, before is not None, shown)
+        key = self._statement_key("page", principal, browsable, request, *paging)
 
-        def build() -> Callable[[Session], Page[Any]]:
+        def build() -> PageReader:
             return self._page_reader(
                 principal,
                 browsable,
                 request,
                 first=first,
-                after=after,
                 last=last,
-                before=before,
+                after=after is not None,
+                before=before is not None,
                 columns=columns,
             )
 
-        reader = self._memoized(key, build)
-        return reader(session)
+        return self._memoized(key, build)(session, after, before)
 
     def _page_reader(
         self,
@@ -445,12 +449,13 @@ class BrowseService:
         request: BrowseRequest,
         *,
         first: int | None,
-        after: str | None,
         last: int | None,
-        before: str | None,
+        after: bool,
+        before: bool,
         columns: Sequence[str] | None,
-    ) -> Callable[[Session], Page[Any]]:
-        """What reads the page :meth:`page` describes, given a session (its statements built)."""
+    ) -> PageReader:
+        """What reads the pages :meth:`page` describes (after a cursor if ``after``, before one if
+        ``before``), given a session and the cursors: its statements built."""
         selected = None
         if columns is not None:
             selected = [browsable.column(name) for name in dict.fromkeys(["id", *columns])]
@@ -467,28 +472,33 @@ class BrowseService:
                 select(EntityTag).where(*postings),
                 Ordering(f"{sort}:{direction}", keys, request.descending),
                 first=first,
-                after=after,
                 last=last,
+                after=after,
                 before=before,
                 row_columns=selected,
                 rows_of=(browsable.model, browsable.column("id")),
             )
-            return partial(read_page, plan=plan)
+            return _reader(plan)
         query, rank = self._query(principal, browsable, request)
         sort = request.sort or (RELEVANCE if rank is not None else "created")
         tiers = self._tiers(principal, browsable, request) if sort == RELEVANCE and rank is not None else None
         if tiers is not None:
-            return partial(
-                paginate_parts,
-                parts=tiers,
-                name=RELEVANCE,
-                rows_of=(browsable.model, browsable.column("id")),
-                first=first,
-                after=after,
-                last=last,
-                before=before,
-                row_columns=selected,
-            )
+            parts = tiers
+
+            def read_parts(session: Session, after: str | None, before: str | None) -> Page[Any]:
+                return paginate_parts(
+                    session,
+                    parts,
+                    RELEVANCE,
+                    (browsable.model, browsable.column("id")),
+                    first=first,
+                    after=after,
+                    last=last,
+                    before=before,
+                    row_columns=selected,
+                )
+
+            return read_parts
         if sort == RELEVANCE:
             # A search with no words matches nothing; its (empty) pages still take relevance cursors.
             key = rank if rank is not None else cast(literal(0), Double)
@@ -498,9 +508,9 @@ class BrowseService:
             direction = "desc" if request.descending else "asc"
             ordering = Ordering(f"{sort}:{direction}", (key, browsable.column("id")), request.descending)
         plan = plan_page(
-            query, ordering, first=first, after=after, last=last, before=before, row_columns=selected
+            query, ordering, first=first, last=last, after=after, before=before, row_columns=selected
         )
-        return partial(read_page, plan=plan)
+        return _reader(plan)
 
     # -- counting from browse_counts ------------------------------------------------------------------
 
