@@ -4,7 +4,7 @@ A lens describes its data sources for Global with the names exported here (``con
 and its parts); the browse service does the paging, counting, facets and search for every source alike.
 """
 
-from concord_core.browse.connection import MAX_PAGE, Ordering, Page, count, paginate
+from concord_core.browse.connection import MAX_PAGE, Ordering, Page
 from concord_core.browse.source import Browsable, Facet, Filter, FilterKind, Search
 
 __all__ = [
@@ -16,6 +16,4 @@ __all__ = [
     "Ordering",
     "Page",
     "Search",
-    "count",
-    "paginate",
 ]

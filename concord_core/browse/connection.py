@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Row, Select, bindparam, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Row, Select, bindparam, literal, select, tuple_
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
@@ -88,43 +88,12 @@ def page_size(first: int | None, last: int | None) -> tuple[int, bool]:
     return size, last is not None
 
 
-def paginate(
-    session: Session,
-    query: AnySelect,
-    ordering: Ordering,
-    *,
-    first: int | None = None,
-    after: str | None = None,
-    last: int | None = None,
-    before: str | None = None,
-    row_columns: Sequence[ColumnElement[Any]] | None = None,
-    rows_of: tuple[type, ColumnElement[Any]] | None = None,
-) -> Page[Any]:
-    """One page of ``query`` (a select of one ORM entity) in ``ordering``, whose last key is the entity's
-    primary key. The items are the entities; with ``row_columns``, dicts of those columns by name instead (no
-    ORM objects to build, and only the columns the caller will read are fetched and decoded).
-
-    With ``rows_of`` (an entity and its primary key), ``query`` only finds the page's keys, from another
-    table whose last key holds that entity's primary key (tag postings): the items are then rows of that
-    entity (or of ``row_columns``, which are its columns)."""
-    plan = plan_page(
-        query,
-        ordering,
-        first=first,
-        last=last,
-        after=after is not None,
-        before=before is not None,
-        row_columns=row_columns,
-        rows_of=rows_of,
-    )
-    return read_page(session, plan, after=after, before=before)
-
-
 @dataclass(frozen=True)
 class PagePlan:
-    """A page's statement and how to read its rows: :func:`paginate` in two steps. The cursors are
-    parameters of the statement, given when it is read, so one plan serves the first page and every page
-    after it (statements are immutable: a caller may keep a plan and read it in any thread)."""
+    """A page's statement and how to read its rows (made by :func:`plan_page`, run by :func:`read_page`).
+    The cursors are parameters of the statement, given when it is read, so one plan serves the first page
+    and every page after it (statements are immutable: a caller may keep a plan and read it in any
+    thread)."""
 
     statement: AnySelect
     ordering: Ordering
@@ -147,8 +116,14 @@ def plan_page(
     row_columns: Sequence[ColumnElement[Any]] | None = None,
     rows_of: tuple[type, ColumnElement[Any]] | None = None,
 ) -> PagePlan:
-    """The plan of :func:`paginate`, for pages after (before) a cursor if ``after`` (``before``);
-    VALIDATION errors for bad page sizes."""
+    """One page of ``query`` (a select of one ORM entity) in ``ordering``, whose last key is the entity's
+    primary key, after (before) a cursor if ``after`` (``before``); VALIDATION errors for bad page sizes.
+    The items are the entities; with ``row_columns``, dicts of those columns by name instead (no ORM objects
+    to build, and only the columns the caller will read are fetched and decoded).
+
+    With ``rows_of`` (an entity and its primary key), ``query`` only finds the page's keys, from another
+    table whose last key holds that entity's primary key (tag postings): the items are then rows of that
+    entity (or of ``row_columns``, which are its columns)."""
     size, backwards = page_size(first, last)
     columns = list(ordering.columns)
     descending = ordering.descending
@@ -226,11 +201,6 @@ def _plain_rows(
     the session's connection, which skips the ORM's result machinery (there are no entities to load)."""
     result = session.connection().execute(statement, parameters)
     return list(result.keys())[:width], list(result.all())
-
-
-def count(session: Session, query: AnySelect) -> int:
-    """The number of rows ``query`` matches (before paging)."""
-    return int(session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0)
 
 
 @dataclass(frozen=True)
