@@ -73,7 +73,9 @@ def test_every_page_after_a_cursor_shares_one_plan(world: World) -> None:
     after = None
     with world.runtime.db.read() as session:
         while True:
-            page = service.page(session, alice, DTUS, BrowseRequest(), first=3, after=after, columns=["title"])
+            page = service.page(
+                session, alice, DTUS, BrowseRequest(), first=3, after=after, columns=["title"]
+            )
             seen += [item["id"] for item in page.items]
             if not page.has_next_page:
                 break
