@@ -65,8 +65,9 @@ DEFAULT_FACET_VALUES = 20
 MAX_FACET_VALUES = 100
 MAX_FILTER_VALUES = 100
 RELEVANCE = "relevance"
-#: Statements of pages, totals and facets kept, by principal and request (see BrowseService._memoized).
-STATEMENT_CACHE_SIZE = 1024
+#: Statements of pages, totals and facets kept, by principal and request (see BrowseService._memoized):
+#: about 40 KiB each (measured, with what SQLAlchemy's compiled cache keeps for them), 20 MiB in all.
+STATEMENT_CACHE_SIZE = 512
 #: Access predicates that depend on nothing but the principal's own fields: a statement built with one
 #: for a principal serves every later request by an equal principal.
 PRINCIPAL_ONLY_ACCESS = (readable_filter, readable_workspace_filter)
