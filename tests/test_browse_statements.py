@@ -84,6 +84,10 @@ def test_every_page_after_a_cursor_shares_one_plan(world: World) -> None:
                 kept = dict(service._statements)  # the first page's plan and the one after a cursor
     assert service._statements == kept
     assert len(seen) == len(set(seen)) == _reference(world, "alice")[1] > 6
+    with world.runtime.db.read() as session:  # an empty cursor is no cursor, as it always was
+        first = service.page(session, alice, DTUS, BrowseRequest(), first=3, columns=["title"])
+        empty = service.page(session, alice, DTUS, BrowseRequest(), first=3, after="", columns=["title"])
+    assert empty == first and not empty.has_previous_page
 
 
 def test_a_membership_gained_is_a_different_question(world: World) -> None:

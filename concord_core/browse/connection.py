@@ -97,6 +97,7 @@ class PagePlan:
 
     statement: AnySelect
     ordering: Ordering
+    kinds: list[type]  # of the ordering's keys, for decoding cursors
     width: int  # the item's columns in each row; its sort keys follow
     size: int
     backwards: bool
@@ -152,6 +153,7 @@ def plan_page(
     return PagePlan(
         statement,
         ordering,
+        [_kind(column) for column in columns],
         len(wanted),
         size,
         backwards,
@@ -168,11 +170,10 @@ def read_page(
     if plan.after != (after is not None) or plan.before != (before is not None):
         raise ValueError("the cursors given are not the ones the plan was made for")
     order = plan.ordering.name
-    kinds = [_kind(column) for column in plan.ordering.columns]
     parameters: dict[str, Any] = {}
     for side, cursor in (("after", after), ("before", before)):
         if cursor is not None:
-            values = decode_cursor(cursor, order, kinds, side)
+            values = decode_cursor(cursor, order, plan.kinds, side)
             parameters.update({f"cursor_{side}_{n}": value for n, value in enumerate(values)})
     width = plan.width
     names: list[str] = []
@@ -195,7 +196,7 @@ def read_page(
 
 
 def _plain_rows(
-    session: Session, statement: AnySelect, width: int, parameters: dict[str, Any] | None = None
+    session: Session, statement: AnySelect, width: int, parameters: dict[str, Any]
 ) -> tuple[list[str], list[Row[Any]]]:
     """The names of the first ``width`` columns of ``statement`` and its rows, read as plain rows: through
     the session's connection, which skips the ORM's result machinery (there are no entities to load)."""
@@ -266,7 +267,7 @@ def paginate_parts(
     if found:
         rows = select(*wanted_columns, row_id.label("page_row_id")).where(row_id.in_([k[-1] for k in found]))
         if row_columns is not None:
-            names, fetched = _plain_rows(session, rows, len(wanted_columns))
+            names, fetched = _plain_rows(session, rows, len(wanted_columns), {})
             by_id = {row[-1]: dict(zip(names, row, strict=False)) for row in fetched}
         else:
             by_id = {row[-1]: row[0] for row in session.execute(rows).all()}

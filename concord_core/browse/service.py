@@ -424,6 +424,7 @@ class BrowseService:
         """A page of the rows the caller may read: the model's entities, or with ``columns`` (attribute
         names of the model; its id is always included) dicts of just those columns by attribute name."""
         self._check(browsable, request)
+        after, before = after or None, before or None  # an empty cursor is no cursor
         # The cursors are parameters of the statements, so one plan serves every page of a question.
         shown = None if columns is None else tuple(columns)
         paging = (first, last, after is not None, before is not None, shown)

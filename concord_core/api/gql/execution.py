@@ -27,7 +27,7 @@ from datetime import datetime
 from enum import Enum
 from functools import partial
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
@@ -61,6 +61,8 @@ BASIC_RESOLVER_NAME = "_get_basic_result"
 #: tests/test_graphql_execution.py like BASIC_RESOLVER_NAME.
 STRAWBERRY_IS_TYPE_OF = ("strawberry.schema.schema_converter", "is_type_of")
 
+T = TypeVar("T")
+
 #: Types of value that are never awaitable (the common ones: no need to ask).
 PLAIN_VALUE_TYPES = frozenset({str, int, float, bool, list, datetime})
 
@@ -73,6 +75,7 @@ class PlainField(NamedTuple):
     is_list: bool
     nullable: bool
     coerce: Callable[[Any], Any] | None  # a leaf's coerce_output_value, or a faster equivalent
+    type_check: Callable[[Any, Any], Any] | None  # an object type's is_type_of, if it has one
 
 
 def _leaf_coercion(leaf_type: GraphQLLeafType) -> Callable[[Any], Any]:
@@ -116,24 +119,23 @@ def plain_field(field: GraphQLField) -> PlainField | None:
             return None
         inner = inner.of_type.of_type  # type: ignore[union-attr]
     if is_leaf_type(inner):
-        return PlainField(read, inner, is_list, nullable, _leaf_coercion(inner))
-    if isinstance(inner, GraphQLObjectType) and _type_check(inner) is not None:
-        return PlainField(read, inner, is_list, nullable, None)
+        return PlainField(read, inner, is_list, nullable, _leaf_coercion(inner), None)
+    if isinstance(inner, GraphQLObjectType):
+        completable, check = _type_check(inner)
+        if completable:
+            return PlainField(read, inner, is_list, nullable, None, check)
     return None
 
 
-def _type_check(object_type: GraphQLObjectType) -> Callable[[Any, Any], Any] | bool | None:
-    """``is_type_of`` of an object type if the fast path may call it without ``info``, True if there is
-    none, and None if the type must be completed by graphql-core. Strawberry gives types that implement
-    interfaces an ``is_type_of`` that checks the value alone; a type's own check might read ``info``."""
+def _type_check(object_type: GraphQLObjectType) -> tuple[bool, Callable[[Any, Any], Any] | None]:
+    """Whether the fast path may complete values of an object type, and the ``is_type_of`` to check them
+    with (None: the type has none). Strawberry gives types that implement interfaces an ``is_type_of`` that
+    checks the value alone; a type's own check might read ``info``, so such a type is left to graphql-core."""
     check = object_type.is_type_of
     if check is None:
-        return True
-    strawberrys = (
-        getattr(check, "__module__", None),
-        getattr(check, "__name__", None),
-    ) == STRAWBERRY_IS_TYPE_OF
-    return check if strawberrys else None
+        return True, None
+    made_by = (getattr(check, "__module__", None), getattr(check, "__name__", None))
+    return (True, check) if made_by == STRAWBERRY_IS_TYPE_OF else (False, None)
 
 
 def mark_plain_fields(schema: GraphQLSchema) -> int:
@@ -158,7 +160,6 @@ class PlanEntry(NamedTuple):
 
     field: PlainField
     fields: Plan | None  # the object's selected fields, by response name; None for a leaf
-    type_check: Callable[[Any, Any], Any] | None  # the object type's is_type_of, if it has one
 
 
 #: An object's selected fields by response name, when the fast path can complete all of them.
@@ -187,6 +188,24 @@ def _coerce(leaf: PlainField, value: Any) -> Any:
     return completed
 
 
+#: Memos by the identity of graphql-core's own memoized field groups, each kept alive beside what was made of
+#: it, so that its id is not reused by another group during the execution.
+Memo = dict[tuple[GraphQLObjectType, int], tuple[Any, T | None]]
+
+
+def _memo(
+    memo: Memo[T],
+    parent_type: GraphQLObjectType,
+    group: Any,
+    make: Callable[[GraphQLObjectType, Any], T | None],
+) -> T | None:
+    key = (parent_type, id(group))
+    cached = memo.get(key)
+    if cached is None:
+        cached = memo[key] = (group, make(parent_type, group))
+    return cached[1]
+
+
 class ConcordExecutionContext(StrawberryGraphQLCoreExecutionContext):
     """Strawberry's execution context, with plain fields completed without the per-field machinery."""
 
@@ -196,10 +215,8 @@ class ConcordExecutionContext(StrawberryGraphQLCoreExecutionContext):
         # has a ``resolve`` hook, and then every field must go through it.
         manager = self.middleware_manager
         self._fast = manager is None or not manager.middlewares
-        # Memos by the identity of graphql-core's own memoized field groups, each kept alive beside its
-        # plan so that its id is not reused by another during the execution.
-        self._plans: dict[tuple[GraphQLObjectType, int], tuple[Any, Plan | None]] = {}
-        self._entries: dict[tuple[GraphQLObjectType, int], tuple[Any, PlanEntry | None]] = {}
+        self._plans: Memo[Plan] = {}
+        self._entries: Memo[PlanEntry] = {}
 
     def execute_fields(
         self,
@@ -242,30 +259,21 @@ class ConcordExecutionContext(StrawberryGraphQLCoreExecutionContext):
     def _plan(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> Plan | None:
         """The plan of ``grouped_field_set``, or None unless the fast path can complete every field.
         Memoized like graphql-core's ``collect_subfields``, whose field sets every item of a list shares."""
-        key = (parent_type, id(grouped_field_set))
-        cached = self._plans.get(key)
-        if cached is not None:
-            return cached[1]
-        plan: Plan | None = {}
-        for response_name, field_details_list in grouped_field_set.items():
-            entry = self._entry(parent_type, field_details_list)
-            if entry is None:
-                plan = None
-                break
-            plan[response_name] = entry  # type: ignore[index]
-        self._plans[key] = (grouped_field_set, plan)
-        return plan
+        return _memo(self._plans, parent_type, grouped_field_set, self._make_plan)
 
     def _entry(self, parent_type: GraphQLObjectType, field_details_list: Any) -> PlanEntry | None:
         """How the fast path completes one selected field, or None if graphql-core must: a plain field
         selected without directives or deferral, and for an object, a plan for all it selects."""
-        key = (parent_type, id(field_details_list))
-        cached = self._entries.get(key)
-        if cached is not None:
-            return cached[1]
-        entry = self._make_entry(parent_type, field_details_list)
-        self._entries[key] = (field_details_list, entry)
-        return entry
+        return _memo(self._entries, parent_type, field_details_list, self._make_entry)
+
+    def _make_plan(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> Plan | None:
+        plan: Plan = {}
+        for response_name, field_details_list in grouped_field_set.items():
+            entry = self._entry(parent_type, field_details_list)
+            if entry is None:
+                return None
+            plan[response_name] = entry
+        return plan
 
     def _make_entry(self, parent_type: GraphQLObjectType, field_details_list: Any) -> PlanEntry | None:
         if any(details.node.directives or details.defer_usage is not None for details in field_details_list):
@@ -274,7 +282,7 @@ class ConcordExecutionContext(StrawberryGraphQLCoreExecutionContext):
         extensions = parent_type.extensions
         leaf = extensions.get(PLAIN_LEAVES, {}).get(name)
         if leaf is not None:
-            return PlanEntry(leaf, None, None)
+            return PlanEntry(leaf, None)
         plain = extensions.get(PLAIN_OBJECTS, {}).get(name)
         if plain is None:
             return None
@@ -285,10 +293,7 @@ class ConcordExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if new_defer_usages or forbidden:
             return None
         fields = self._plan(object_type, grouped_field_set)
-        check = _type_check(object_type)
-        if fields is None or check is None:
-            return None
-        return PlanEntry(plain, fields, None if check is True else check)  # type: ignore[arg-type]
+        return None if fields is None else PlanEntry(plain, fields)
 
     # -- completion: a value, or Undefined for graphql-core to do it again (and report any error) ---------
 
@@ -334,6 +339,7 @@ class ConcordExecutionContext(StrawberryGraphQLCoreExecutionContext):
         """An object value (non-null), checked as graphql-core would (``is_type_of``)."""
         if value is None or isinstance(value, Exception) or self.is_awaitable(value):
             return Undefined
-        if entry.type_check is not None and not entry.type_check(value, None):
+        type_check = entry.field.type_check
+        if type_check is not None and not type_check(value, None):
             return Undefined
         return self._complete_object(entry.fields, value)  # type: ignore[arg-type]
