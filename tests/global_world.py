@@ -507,13 +507,13 @@ def graphql_variables(query: Query) -> dict[str, Any]:
 
 @contextmanager
 def statements(engine: Engine) -> Iterator[list[str]]:
-    """Every SQL statement sent on ``engine`` while the block runs, but the job notifier's
-    ``SELECT pg_notify(...)``: a write made before the block may send it from another thread meanwhile."""
+    """Every SQL statement sent through SQLAlchemy on ``engine`` while the block runs (the live-update
+    publisher's NOTIFY, which a write made before the block may send from another thread meanwhile, goes
+    on the driver's connection and is not among them)."""
     sent: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if not statement.lstrip().upper().startswith("SELECT PG_NOTIFY("):
-            sent.append(statement)
+        sent.append(statement)
 
     event.listen(engine, "before_cursor_execute", record)
     try:

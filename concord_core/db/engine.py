@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    import psycopg
 
 WRITE_OPTION = "concord_write"
 #: ``session.info`` key: what to run once the session's write transaction has committed.
@@ -174,6 +177,23 @@ class Database:
     def connect_for_one_read(self) -> Connection:
         """A Core connection for reads that need no transaction (see :meth:`read`)."""
         return self._single_reads.connect()
+
+    @contextmanager
+    def autocommit_statement(self) -> Iterator[psycopg.Connection[Any]]:
+        """PostgreSQL: a pooled connection's psycopg connection in autocommit, for one statement that is a
+        transaction of its own: one round trip, where a SQLAlchemy connection would add BEGIN and COMMIT
+        and about half as much CPU again as the statement. Back in the pool it is transactional again."""
+        pooled = self.engine.raw_connection()
+        try:
+            connection = cast("psycopg.Connection[Any]", pooled.driver_connection)
+            connection.autocommit = True
+            try:
+                yield connection
+            finally:
+                if not connection.broken:  # a broken one is replaced at its next checkout
+                    connection.autocommit = False
+        finally:
+            pooled.close()
 
     def dispose(self) -> None:
         self.engine.dispose()

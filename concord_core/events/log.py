@@ -66,7 +66,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from sqlalchemy import Connection, LargeBinary, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
@@ -74,9 +74,6 @@ from sqlalchemy.orm import Session
 from concord_core.db.engine import Database, after_commit
 from concord_core.db.models import Event, EventHead
 from concord_core.db.types import utcnow
-
-if TYPE_CHECKING:
-    import psycopg
 
 log = logging.getLogger("concord.events")
 
@@ -333,20 +330,9 @@ def _staged_ids(session: Session) -> list[int] | None:
 
 
 def _seal(db: Database, staged: list[int] | None) -> int:
-    # A transaction of its own (autocommit): one round trip, and no commit record when it seals nothing.
-    # On the driver's connection: this runs after every staged write, and SQLAlchemy's Connection around
-    # one statement would cost about half as much CPU again.
-    pooled = db.engine.raw_connection()
-    try:
-        connection = cast("psycopg.Connection[Any]", pooled.driver_connection)
-        connection.autocommit = True
-        try:
-            row = connection.execute("SELECT concord_seal_events(%s::bigint[])", [staged]).fetchone()
-        finally:
-            if not connection.broken:  # a broken one is replaced at its next checkout (db/engine.py)
-                connection.autocommit = False
-    finally:
-        pooled.close()
+    # A transaction of its own (autocommit): this runs after every staged write.
+    with db.autocommit_statement() as connection:
+        row = connection.execute("SELECT concord_seal_events(%s::bigint[])", [staged]).fetchone()
     return int(row[0]) if row else 0
 
 

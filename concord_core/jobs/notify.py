@@ -24,8 +24,6 @@ import threading
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import func, select
-
 from concord_core.db.engine import Database
 from concord_core.settings import Settings
 
@@ -297,6 +295,9 @@ class RedisNotifier(_ListeningNotifier):
             connection.close()
 
 
+_NOTIFY = "SELECT pg_notify(%s, message) FROM unnest(%s::text[]) AS message"
+
+
 class PostgresNotifier(_ListeningNotifier):
     """Topics over PostgreSQL ``NOTIFY`` on the metadata database."""
 
@@ -305,10 +306,9 @@ class PostgresNotifier(_ListeningNotifier):
         self._db = db
 
     def _send(self, messages: list[str]) -> None:
-        with self._db.engine.connect() as conn:
-            for message in messages:
-                conn.execute(select(func.pg_notify(PG_CHANNEL, message)))
-            conn.commit()
+        # Every message in one statement, a transaction of its own: one round trip.
+        with self._db.autocommit_statement() as connection:
+            connection.execute(_NOTIFY, [PG_CHANNEL, messages])
 
     def _listen(self) -> None:
         import psycopg
