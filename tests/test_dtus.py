@@ -15,10 +15,12 @@ from conftest import GraphQL
 from fastapi.testclient import TestClient
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from concord_core.api.runtime import Runtime
 from concord_core.auth.accounts import create_user
-from concord_core.db.models import Base, Dtu, DtuCitation, DtuVersion, Event
+from concord_core.browse.indexes import index_inserted
+from concord_core.db.models import Base, BrowseCount, Dtu, DtuCitation, DtuVersion, EntityTag, Event
 from concord_core.db.snapshots import dtu_snapshot, dtu_version_snapshot
 from concord_core.operators import dtus as dtu_ops
 from concord_core.operators.errors import ErrorCode, OperatorError
@@ -232,6 +234,25 @@ def test_create_sends_one_statement_per_row(gql: GraphQL, runtime: Runtime) -> N
     assert 1 <= len(log) <= 3, sent
     # SQLite: the principal's read and the write transaction; PostgreSQL's driver begins implicitly.
     assert len(transactions) <= 2, sent
+
+
+def test_a_failing_index_write_raises_as_sqlalchemy_would_and_writes_nothing(
+    gql: GraphQL, runtime: Runtime
+) -> None:
+    """The browse index statements of a write go out together on PostgreSQL (one round trip), so their
+    errors arrive when the batch ends: still as SQLAlchemy's exceptions (operators catch IntegrityError),
+    and the whole transaction rolls back."""
+    create(gql, title="indexed", tags=["one"])
+    with runtime.db.read() as session:
+        dtu = session.scalars(select(Dtu)).one()
+        before = session.scalar(select(func.count()).select_from(EntityTag))
+        counted = session.scalar(select(func.sum(BrowseCount.count)))
+    with pytest.raises(IntegrityError), runtime.db.write() as session:
+        # Indexing the row again repeats its postings' primary keys.
+        index_inserted(session.connection(), dtu)
+    with runtime.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(EntityTag)) == before
+        assert session.scalar(select(func.sum(BrowseCount.count))) == counted
 
 
 def test_edits_write_full_versions_and_stale_edits_conflict(gql: GraphQL, runtime: Runtime) -> None:
