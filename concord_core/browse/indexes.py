@@ -19,20 +19,18 @@ tables (after bulk loads or as a repair), and :func:`verify_all` checks them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
-import psycopg
 from sqlalchemy import Connection, bindparam, delete, event, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, UOWTransaction
 from sqlalchemy.orm.attributes import get_history
 
 from concord_core.browse.scopes import rebuild_scopes, rolled_up, scope_deltas, upsert_scopes
 from concord_core.browse.source import Browsable
 from concord_core.browse.sources import KERNEL_BROWSABLES
+from concord_core.db.engine import pipelined
 from concord_core.db.models import (
     POSTING_FACETS,
     POSTING_SORTS,
@@ -208,26 +206,10 @@ _UPDATE_POSTINGS = (
 )
 
 
-@contextmanager
-def _one_round_trip(connection: Connection) -> Iterator[None]:
-    """On PostgreSQL, the statements of the block go out together (psycopg's pipeline mode) and their
-    results come back in one round trip, when it ends; an error in any of them is raised there, as the
-    SQLAlchemy exception its statement would have raised (IntegrityError, OperationalError, ...)."""
-    driver = connection.connection.driver_connection if connection.dialect.name == "postgresql" else None
-    if driver is None:
-        yield
-        return
-    try:
-        with driver.pipeline():
-            yield
-    except psycopg.Error as error:
-        raise DBAPIError.instance(None, None, error, psycopg.Error) from error
-
-
 def _write(connection: Connection, deltas: Counter[Key], tag_changes: list[TagChange]) -> None:
     """Tag postings first (removed, then the kept ones rewritten if their row moved, then added), then
     the counters, in one round trip on PostgreSQL (no statement here reads another's result)."""
-    with _one_round_trip(connection):
+    with pipelined(connection):
         _write_statements(connection, deltas, tag_changes)
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from concord_core.auth.policy import AccessDenied, Action, Visibility, WorkspaceTarget, authorize, can_read
 from concord_core.browse.indexes import index_inserted
+from concord_core.db.engine import pipelined
 from concord_core.db.models import Dtu, DtuVersion
 from concord_core.db.snapshots import DTU_FIELDS, dtu_snapshot
 from concord_core.db.types import new_id, utcnow
@@ -231,9 +232,12 @@ def create_dtu(ctx: OperationContext, data: dict[str, Any]) -> Dtu:
         if errors:
             raise OperatorError(errors)
         connection = change.connection
-        connection.execute(_INSERT_DTU, {column.key: getattr(dtu, column.key) for column in _DTUS.columns})
-        index_inserted(connection, dtu)
-        _record(change, dtu, "created", "DTU_CREATED")
+        # Core statements alone (the session holds no changes to flush): one round trip on PostgreSQL.
+        row = {column.key: getattr(dtu, column.key) for column in _DTUS.columns}
+        with pipelined(connection):
+            connection.execute(_INSERT_DTU, row)
+            index_inserted(connection, dtu)
+            _record(change, dtu, "created", "DTU_CREATED")
     return dtu
 
 
