@@ -221,6 +221,9 @@ def test_create_sends_one_statement_per_row(gql: GraphQL, runtime: Runtime) -> N
     log = [s for s in sent if "event_head" in s or s.upper().startswith("INSERT INTO EVENTS")]
     rest = [s for s in sent if s not in transactions and s not in log]
     kinds = sorted(" ".join(s.split()[:3]).upper() for s in rest)
+    # The principal, with its memberships: read through SQLAlchemy on SQLite, on the event loop on
+    # PostgreSQL (concord_core.db.async_reads), where SQLAlchemy does not see it.
+    principal = [] if runtime.db.is_postgres else ["SELECT USERS.IS_ADMIN, USERS.DISABLED_AT,"]
     assert kinds == [
         "INSERT INTO AUDIT_LOG",
         "INSERT INTO BROWSE_COUNTS",
@@ -228,7 +231,7 @@ def test_create_sends_one_statement_per_row(gql: GraphQL, runtime: Runtime) -> N
         "INSERT INTO DTUS",
         "INSERT INTO DTU_VERSIONS",
         "INSERT INTO ENTITY_TAGS",
-        "SELECT USERS.IS_ADMIN, USERS.DISABLED_AT,",  # the principal, with its memberships
+        *principal,
     ], sent
     # The event append: one statement on PostgreSQL, three at most on SQLite (head, event, new head).
     assert 1 <= len(log) <= 3, sent

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-import anyio.to_thread
 import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -127,7 +126,7 @@ class ConcordGraphQL(GraphQL[Context, None]):
             credentials = init_payload_credentials(context.connection_params)
             if credentials is not None:
                 runtime = context.runtime
-                context.principal = await anyio.to_thread.run_sync(runtime.authenticate, credentials)
+                context.principal = await runtime.authenticate_async(credentials)
                 context.awaiting_credentials = False
                 set_user_id(context.principal.user_id)
         except AuthenticationFailed:
@@ -144,9 +143,11 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
         runtime.jobs.start()  # in-process job runners, when there is no Redis
+        await runtime.open_async_reads()
         try:
             yield
         finally:
+            await runtime.close_async_reads()
             runtime.jobs.stop()
 
     app = FastAPI(title="Concord", version=concord_core.__version__, lifespan=lifespan)

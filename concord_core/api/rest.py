@@ -96,7 +96,7 @@ async def principal(request: Request) -> Principal:
     if known is None:
         rt = runtime(request)
         try:
-            known = await anyio.to_thread.run_sync(rt.authenticate, request.headers)
+            known = await rt.authenticate_async(request.headers)
         except AuthenticationFailed as exc:
             raise unauthenticated(str(exc)) from None
         if rt.settings.auth_mode is AuthMode.APIKEY and not known.is_authenticated:

@@ -7,12 +7,15 @@ import gc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import anyio.to_thread
+
 from concord_core.auth.accounts import ensure_local_owner, load_principal
-from concord_core.auth.authenticate import authenticate, credential_from
+from concord_core.auth.authenticate import authenticate, authenticate_async, credential_from
 from concord_core.auth.principal import ANONYMOUS, Principal
 from concord_core.browse.service import BrowseService
 from concord_core.browse.source import Browsable
 from concord_core.browse.sources import KERNEL_BROWSABLES
+from concord_core.db.async_reads import AsyncReads
 from concord_core.db.engine import Database
 from concord_core.jobs.service import JobService
 from concord_core.operators.base import AfterCommit, OperationContext
@@ -31,6 +34,7 @@ class Runtime:
     local_owner_id: str | None = None
     after_commit: list[AfterCommit] = field(default_factory=list)
     browse: BrowseService = field(init=False)
+    async_reads: AsyncReads | None = None
     jobs: JobService = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +81,25 @@ class Runtime:
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
         """The principal behind a request's credentials; raises AuthenticationFailed for bad ones."""
         return authenticate(self.db, self.settings, credential_from(headers), self.local_owner_id)
+
+    async def authenticate_async(self, headers: Mapping[str, str]) -> Principal:
+        """:meth:`authenticate` from the event loop: its query awaited there on PostgreSQL (once
+        :meth:`open_async_reads` has run on this loop), else in a worker thread."""
+        reads = self.async_reads
+        if reads is None or not reads.usable():
+            return await anyio.to_thread.run_sync(self.authenticate, headers)
+        credential = credential_from(headers)
+        return await authenticate_async(reads, self.db, self.settings, credential, self.local_owner_id)
+
+    async def open_async_reads(self) -> None:
+        """On PostgreSQL, let the running event loop read credentials itself (the app's lifespan)."""
+        if self.db.is_postgres:
+            self.async_reads = AsyncReads(self.db)
+
+    async def close_async_reads(self) -> None:
+        reads, self.async_reads = self.async_reads, None
+        if reads is not None:
+            await reads.close()
 
     def operation_context(self, principal: Principal) -> OperationContext:
         return OperationContext(

@@ -63,8 +63,9 @@ PRINCIPAL_COLUMNS = (
 #: The users table with its memberships, the FROM of every principal query.
 USERS_WITH_MEMBERSHIPS = _USERS.outerjoin(_MEMBERSHIPS, _MEMBERSHIPS.c.user_id == _USERS.c.id)
 
-# Core, built once: every request runs it, and an ORM select is compiled and cache-keyed anew each time.
-_PRINCIPAL_OF_USER = (
+#: A user's principal rows by id (``user_id``). Core, built once: a public-mode instance runs it for every
+#: request, and an ORM select is compiled and cache-keyed anew each time.
+PRINCIPAL_OF_USER = (
     select(*PRINCIPAL_COLUMNS).select_from(USERS_WITH_MEMBERSHIPS).where(_USERS.c.id == bindparam("user_id"))
 )
 
@@ -91,5 +92,5 @@ def load_principal(
     """The principal of an enabled user, with their workspace roles; None if unknown or disabled.
 
     One query (every request makes it): the user, their personal workspace and a row per membership."""
-    rows = session.execute(_PRINCIPAL_OF_USER, {"user_id": user_id}).all()
+    rows = session.execute(PRINCIPAL_OF_USER, {"user_id": user_id}).all()
     return principal_from_rows(user_id, rows, scopes)

@@ -19,7 +19,7 @@ from typing import Any, cast
 import psycopg
 from psycopg import pq
 from sqlalchemy import create_engine, event, exc
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 WRITE_OPTION = "concord_write"
@@ -64,12 +64,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    given = parsed.query.get("options", ())
-    options = " ".join((POSTGRES_SESSION_OPTIONS, *((given,) if isinstance(given, str) else given)))
-    connect_args = {**kwargs.pop("connect_args", {}), "options": options}
+    connect_args = {**kwargs.pop("connect_args", {}), "options": _postgres_options(parsed)}
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     _ping_idle_connections(engine)
     return engine
+
+
+def _postgres_options(url: URL) -> str:
+    """Every connection's ``options``: the session settings, then any the URL gives (which win)."""
+    given = url.query.get("options", ())
+    return " ".join((POSTGRES_SESSION_OPTIONS, *((given,) if isinstance(given, str) else given)))
 
 
 def _ping_idle_connections(engine: Engine) -> None:
@@ -197,6 +201,11 @@ class Database:
     def connect_for_one_read(self) -> Connection:
         """A Core connection for reads that need no transaction (see :meth:`read`)."""
         return self._single_reads.connect()
+
+    def connect_arguments(self) -> dict[str, Any]:
+        """PostgreSQL: what ``psycopg.connect`` takes to open a connection as the engine opens its own."""
+        _args, parameters = self.engine.dialect.create_connect_args(self.engine.url)
+        return {**parameters, "options": _postgres_options(self.engine.url)}
 
     @contextmanager
     def autocommit_statement(self) -> Iterator[psycopg.Connection[Any]]:

@@ -1,0 +1,96 @@
+"""Credentials read from the event loop on PostgreSQL (concord_core.db.async_reads): the same principal
+as the threaded path for every kind of credential, no statement through SQLAlchemy, and a connection the
+server dropped is replaced without failing the read."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from authz import Instance, bearer, make_user, mode_settings, new_key, open_instance, sign_in
+from conftest import POSTGRES_ADMIN_URL
+from global_world import statements
+
+from concord_core.auth.accounts import PRINCIPAL_OF_USER
+from concord_core.auth.authenticate import AuthenticationFailed
+from concord_core.db.async_reads import AsyncReads
+from concord_core.db.engine import Database
+from concord_core.db.migrate import upgrade
+
+
+@pytest.fixture
+def instance(tmp_path: Path, postgres_url: str) -> Iterator[Instance]:
+    with open_instance(tmp_path, postgres_url, **mode_settings("jwt")) as opened:
+        yield opened
+
+
+def test_both_paths_give_the_same_principal_for_every_credential(instance: Instance) -> None:
+    runtime = instance.runtime
+    owner = make_user(runtime, "owner@example.com")
+    token = sign_in(instance, owner)["accessToken"]
+    key = new_key(instance, bearer(token), scopes=["read"])["token"]
+    credentials = {
+        "token": bearer(token),
+        "key": {"X-API-Key": key},
+        "none": {},
+        "bad key": {"X-API-Key": "ck_" + "0" * 40},
+        "bad token": bearer("not.a.token"),
+    }
+
+    async def on_the_loop(headers: dict[str, str]) -> object:
+        await runtime.open_async_reads()  # this loop's own (the app's lifespan opens the server's)
+        try:
+            assert runtime.async_reads is not None and runtime.async_reads.usable()
+            with statements(runtime.db.engine) as sent:
+                principal = await runtime.authenticate_async(headers)
+            assert not [s for s in sent if "users" in s], sent  # read on the loop, not through SQLAlchemy
+            return principal
+        finally:
+            await runtime.close_async_reads()
+
+    for name, headers in credentials.items():
+        try:
+            threaded: object = runtime.authenticate(headers)
+        except AuthenticationFailed as failed:
+            threaded = ("refused", failed.reason)
+        try:
+            awaited: object = asyncio.run(on_the_loop(headers))
+        except AuthenticationFailed as failed:
+            awaited = ("refused", failed.reason)
+        assert awaited == threaded, name
+    assert instance.runtime.authenticate(credentials["key"]).scopes == frozenset({"read"})
+
+
+def test_a_dropped_connection_is_replaced_and_other_loops_use_threads(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    upgrade(db)
+    try:
+
+        async def read_twice_with_a_restart_between() -> None:
+            reads = AsyncReads(db, max_connections=1)
+            try:
+                assert await reads.rows(PRINCIPAL_OF_USER, {"user_id": "nobody"}) == []
+                # The server ends the pooled connection (as a restart or an idle timeout would).
+                with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+                    ended = admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                        [db.engine.url.database],
+                    ).fetchall()
+                assert ended
+                assert await reads.rows(PRINCIPAL_OF_USER, {"user_id": "nobody"}) == []
+
+                async def usable_here() -> bool:
+                    return reads.usable()
+
+                assert await usable_here()
+                assert not await asyncio.to_thread(asyncio.run, usable_here())  # another loop
+            finally:
+                await reads.close()
+            assert not reads.usable()
+
+        asyncio.run(read_twice_with_a_restart_between())
+    finally:
+        db.dispose()
