@@ -15,7 +15,7 @@ from conftest import POSTGRES_ADMIN_URL
 from global_world import statements
 
 from concord_core.auth.accounts import PRINCIPAL_OF_USER
-from concord_core.auth.authenticate import AuthenticationFailed
+from concord_core.auth.authenticate import AuthenticationFailed, authenticate_async, credential_from
 from concord_core.db.async_reads import AsyncReads
 from concord_core.db.engine import Database
 from concord_core.db.migrate import upgrade
@@ -41,15 +41,16 @@ def test_both_paths_give_the_same_principal_for_every_credential(instance: Insta
     }
 
     async def on_the_loop(headers: dict[str, str]) -> object:
-        await runtime.open_async_reads()  # this loop's own (the app's lifespan opens the server's)
+        reads = AsyncReads(runtime.db)
         try:
-            assert runtime.async_reads is not None and runtime.async_reads.usable()
             with statements(runtime.db.engine) as sent:
-                principal = await runtime.authenticate_async(headers)
+                principal = await authenticate_async(
+                    reads, runtime.db, runtime.settings, credential_from(headers), runtime.local_owner_id
+                )
             assert not [s for s in sent if "users" in s], sent  # read on the loop, not through SQLAlchemy
             return principal
         finally:
-            await runtime.close_async_reads()
+            await reads.close()
 
     for name, headers in credentials.items():
         try:
