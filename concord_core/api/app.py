@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -111,12 +110,12 @@ class ConcordGraphQL(GraphQL[Context, None]):
     def encode_json(self, data: object) -> str:
         """An answer or a websocket message as compact JSON through orjson (a page of 50 items: a tenth of
         ``json.dumps``'s time); what orjson refuses (integers past 64 bits, keys that are not strings) goes
-        through ``json.dumps``. Text, not bytes: websocket messages are text frames. Decoding stays with
-        ``json``: orjson reads such integers as floats."""
+        through Strawberry's own encoder (``json.dumps``). Text, not bytes: Strawberry sends bytes as binary
+        websocket frames. Decoding stays with ``json``: orjson reads such integers as floats."""
         try:
             return orjson.dumps(data).decode()
         except TypeError:
-            return json.dumps(data, separators=(",", ":"))
+            return cast(str, super().encode_json(data))
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """Authenticate from the payload's Authorization or X-API-Key (as the HTTP headers do); bad
