@@ -1,19 +1,21 @@
 """The PostgreSQL connection pool: no ping round trip for a connection that was just used, a ping (and a
 fresh connection when it fails) for one that sat idle; the session settings every connection gets; reads of
-one statement without a transaction."""
+one statement without a transaction; JSON columns decoded as json.loads decodes them."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import String, literal_column, select, text
 
 from concord_core.db import engine as engine_module
 from concord_core.db.engine import Database
+from concord_core.db.types import JsonDocument
 
 
 def pings(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -102,5 +104,33 @@ def test_a_read_of_one_statement_runs_outside_a_transaction(postgres_url: str) -
         with db.connect_for_one_read() as connection:
             assert connection.execute(text("SELECT 1")).scalar() == 1
             assert connection.connection.driver_connection.autocommit  # type: ignore[union-attr]
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"huge": 1180591620717411303424, "below": -1180591620717411303424}',  # past 64 bits
+        '{"big": 1e400, "text": "na\\u00efve \\u2014 \\ud83c\\udfb5"}',  # past a float (SQLite)
+        '{"n": 1, "f": 0.1, "e": 1e16, "nested": [{"a": null}, true, "x"]}',  # orjson's own
+    ],
+)
+def test_json_columns_read_as_json_reads_them(database_url: str, document: str) -> None:
+    """JSON columns are decoded by orjson, and what orjson refuses by json: the values are what
+    json.loads makes of the text the database returns."""
+    db = Database(database_url)
+    if db.is_sqlite:  # PostgreSQL refuses a lone surrogate; SQLite keeps the text as it is
+        document = document[:-1] + ', "lone": "\\ud800"}'
+    quoted = "'" + document.replace("'", "''") + "'"
+    stored = f"CAST({quoted} AS jsonb)" if db.is_postgres else quoted
+    as_text = f"CAST({stored} AS text)" if db.is_postgres else quoted
+    try:
+        with db.read() as session:
+            value, returned = session.execute(
+                select(literal_column(stored, JsonDocument), literal_column(as_text, String))
+            ).one()
+        assert value == json.loads(returned)
+        assert "huge" not in value or value["huge"] == 2**70
     finally:
         db.dispose()

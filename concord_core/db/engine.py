@@ -9,6 +9,7 @@ on the session with :func:`after_commit`.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
 import psycopg
 from psycopg import pq
 from sqlalchemy import create_engine, event, exc
@@ -54,8 +56,19 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def json_loads(document: str | bytes) -> Any:
+    """A JSON column's value, as ``json.loads`` reads it, decoded by orjson, several times faster (a page
+    of 50 DTUs decodes 50 tag lists). What orjson refuses and ``json`` reads (an integer past 64 bits, a
+    number past a float's range, a lone surrogate) goes to ``json.loads``: the same values either way."""
+    try:
+        return orjson.loads(document)
+    except orjson.JSONDecodeError:
+        return json.loads(document)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
+    kwargs.setdefault("json_deserializer", json_loads)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
