@@ -5,7 +5,8 @@ log, SQLite in WAL mode with ``synchronous=FULL``; ``--backend postgres`` for a 
 database; ``--servers N`` for N processes on the same data), then runs a few client threads, each with its
 own keep-alive ``httpx.Client``, posting ``createDtu`` as fast as the server answers. Every answer is
 checked: a mutation that returns errors is counted, not timed. Prints throughput, latency percentiles and
-the server CPU spent per request. The client runs on the same machine and takes CPU from the server.
+the CPU spent per request by the server and by the client, which runs on the same machine and takes CPU
+from the server.
 
     .venv/bin/python benchmarks/create_dtu.py                      # SQLite, 4 clients, 2000 requests
     .venv/bin/python benchmarks/create_dtu.py --backend postgres --clients 8 -n 5000 --servers 2
@@ -166,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             pids = [server.process.pid for server in running]
             run(urls, args.warmup, args.clients)
             before, cpu_before = load(), [tree_cpu_seconds(pid) for pid in pids]
+            client_began = time.process_time()
             elapsed, latencies, errors = run(urls, args.requests, args.clients)
+            client_cpu = time.process_time() - client_began
             cpu_after = [tree_cpu_seconds(pid) for pid in pids]
         ok = len(latencies)
         rate = ok / elapsed
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{'':<9} latency p50 {percentile(latencies, 0.5) * 1000:.1f} ms  "
             f"p95 {percentile(latencies, 0.95) * 1000:.1f} ms  "
             f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms;  "
-            f"server CPU per request {cpu};  errors {len(errors)};  load average before {before}"
+            f"server CPU per request {cpu}, client {client_cpu / max(ok, 1) * 1000:.1f} ms;  "
+            f"errors {len(errors)};  load average before {before}"
         )
         for error in errors[:3]:
             print(f"  error: {error}")
