@@ -20,7 +20,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from sqlalchemy import Engine, event, select
 
 from concord_core.auth.policy import Visibility, can_read, can_read_in_workspace
 from concord_core.auth.principal import ANONYMOUS, Principal
+from concord_core.db.async_reads import AsyncReads
 from concord_core.db.models import Artifact, Dtu, Job, LensItem
 from concord_core.jobs.enqueue import enqueue_job as enqueue
 from concord_core.operators import accounts as account_ops
@@ -105,6 +106,10 @@ class World:
         assert_no_internals(response.text)
         body: dict[str, Any] = response.json()
         return body
+
+    def statements(self) -> AbstractContextManager[list[str]]:
+        """Every statement the instance sends while the block runs (:func:`statements`)."""
+        return statements(self.runtime.db.engine, self.runtime.async_reads)
 
     def data(self, who: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         body = self.post(who, query, variables)
@@ -506,17 +511,22 @@ def graphql_variables(query: Query) -> dict[str, Any]:
 
 
 @contextmanager
-def statements(engine: Engine) -> Iterator[list[str]]:
-    """Every SQL statement sent through SQLAlchemy on ``engine`` while the block runs (the live-update
-    publisher's NOTIFY, which a write made before the block may send from another thread meanwhile, goes
-    on the driver's connection and is not among them)."""
+def statements(engine: Engine, reads: AsyncReads | None = None) -> Iterator[list[str]]:
+    """Every SQL statement sent through SQLAlchemy on ``engine`` while the block runs, and through
+    ``reads`` (the event loop's own reads, on PostgreSQL) if given (the live-update publisher's NOTIFY,
+    which a write made before the block may send from another thread meanwhile, goes on the driver's
+    connection and is not among them)."""
     sent: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         sent.append(statement)
 
     event.listen(engine, "before_cursor_execute", record)
+    if reads is not None:
+        reads.listeners.append(sent.append)
     try:
         yield sent
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        if reads is not None:
+            reads.listeners.remove(sent.append)

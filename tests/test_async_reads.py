@@ -1,21 +1,27 @@
-"""Credentials read from the event loop on PostgreSQL (concord_core.db.async_reads): the same principal
-as the threaded path for every kind of credential, no statement through SQLAlchemy, and a connection the
-server dropped is replaced without failing the read."""
+"""Reads from the event loop on PostgreSQL (concord_core.db.async_reads): the same principal as the threaded
+path for every kind of credential, the same Global pages, no statement through SQLAlchemy, and a connection
+the server dropped is replaced without failing the read."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import psycopg
 import pytest
 from authz import Instance, bearer, make_user, mode_settings, new_key, open_instance, sign_in
 from conftest import POSTGRES_ADMIN_URL
-from global_world import statements
+from global_world import World, open_world, seed, statements
 
 from concord_core.auth.accounts import PRINCIPAL_OF_USER
 from concord_core.auth.authenticate import AuthenticationFailed, authenticate_async, credential_from
+from concord_core.browse.connection import Page
+from concord_core.browse.service import BrowseRequest, RangeFilter, TagFilter
+from concord_core.browse.sources import DTUS
 from concord_core.db.async_reads import AsyncReads
 from concord_core.db.engine import Database
 from concord_core.db.migrate import upgrade
@@ -95,3 +101,68 @@ def test_a_dropped_connection_is_replaced_and_other_loops_use_threads(postgres_u
         asyncio.run(read_twice_with_a_restart_between())
     finally:
         db.dispose()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with open_world("postgres", tmp_path) as opened:
+        seed(opened, random.Random(3))
+        yield opened
+
+
+def test_pages_read_on_the_loop_are_the_pages_read_in_threads(world: World) -> None:
+    """BrowseService.page_async gives exactly what page gives (items, their values' types, cursors, flags)
+    for first and later pages both ways, tag postings, a filter bound through a TypeDecorator, and an
+    asker whose access predicate holds a list of workspaces; GraphQL pages are read that way."""
+    runtime = world.runtime
+    browse = runtime.browse
+    carol = world.people["carol"].principal  # a member of the shared workspace: an IN in her predicate
+    columns = ["title", "tags", "tier", "visibility", "created_at", "owner_id"]
+    since = datetime(2000, 1, 1, tzinfo=UTC)
+    requests = [
+        BrowseRequest(),
+        BrowseRequest(sort="title", descending=False),
+        BrowseRequest(filters={"tags": TagFilter(any_of=["alpha", "beta"])}),
+        BrowseRequest(filters={"created": RangeFilter(start=since, end=None)}),
+    ]
+
+    def threaded(request: BrowseRequest, **paging: Any) -> Page[Any]:
+        with runtime.db.read(transaction=False) as session:
+            return browse.page(session, carol, DTUS, request, columns=columns, **paging)
+
+    async def compare() -> int:
+        reads = AsyncReads(runtime.db)
+        compared = 0
+        try:
+            for request in requests:
+                for paging in ({"first": 3}, {"last": 3}):
+                    cursor_side = "after" if "first" in paging else "before"
+                    cursor = None
+                    for _ in range(3):  # pages one, two and three
+                        more = {**paging, cursor_side: cursor}
+                        expected = threaded(request, **more)
+                        awaited = await browse.page_async(
+                            reads, carol, DTUS, request, **more, columns=columns
+                        )
+                        assert awaited == expected, (request, more)
+                        if expected.items:
+                            assert awaited is not None
+                            assert awaited.items[0]["created_at"].tzinfo is not None
+                        compared += len(expected.items)
+                        if not expected.cursors:
+                            break
+                        cursor = expected.cursors[-1] if cursor_side == "after" else expected.cursors[0]
+            with pytest.raises(ValueError, match="required"):
+                plan = cast(Any, browse._reader(carol, DTUS, BrowseRequest(), 3, "x", None, None, columns))
+                await reads.table(plan.plan.statement, {})
+        finally:
+            await reads.close()
+        return compared
+
+    assert asyncio.run(compare()) > 20
+
+    query = "{ dtus(first: 5) { edges { cursor node { id title } } } }"
+    with statements(runtime.db.engine) as through_sqlalchemy, world.statements() as every:
+        world.data("carol", query)
+    assert not [sql for sql in through_sqlalchemy if "page_keys" in sql]
+    assert [sql for sql in every if "page_keys" in sql]

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 from authz import gid, key_of
-from global_world import BACKENDS, Query, World, all_rows, expected, open_world, statements
+from global_world import BACKENDS, Query, World, all_rows, expected, open_world
 from sqlalchemy import func, literal, select
 
 from concord_core.browse.connection import Part, paginate_parts
@@ -424,7 +424,7 @@ def test_a_page_of_100_takes_as_many_statements_as_a_page_of_10(world: World) ->
     for name, document in LOADED.items():
         counts = {}
         for size in (10, 100, 10):
-            with statements(world.runtime.db.engine) as sent:
+            with world.statements() as sent:
                 page = world.data("anonymous", document, {"n": size, "tag": tag})["c"]["nodes"]
             assert len(page) == size
             counts[size] = len(sent)
@@ -453,7 +453,7 @@ def test_total_count_and_facets_cost_sql_only_when_selected(world: World) -> Non
         ("facets", 'facets(fields: ["tier", "visibility"]) { field values { value count } }'),
         ("both", 'totalCount facets(fields: ["tier", "visibility"]) { field values { value count } }'),
     ):
-        with statements(world.runtime.db.engine) as sent:
+        with world.statements() as sent:
             world.data("anonymous", ON_DEMAND % extra, {"tag": tag})
         counted[name] = [statement for statement in sent if statement.upper().lstrip().startswith("SELECT")]
     assert not any("count(" in statement.lower() for statement in counted["nodes"])
@@ -595,7 +595,7 @@ def test_a_page_fetches_only_the_columns_its_items_select(world: World) -> None:
     }
     key = create(world, "alice", "columns citing", tag, **data)
     plain = "query($tag: String!) { dtus(filter: {tags: {anyOf: [$tag]}}) { edges { node { title tier } } } }"
-    with statements(world.runtime.db.engine) as sent:
+    with world.statements() as sent:
         titles = world.data("anonymous", plain, {"tag": tag})["dtus"]["edges"]
     assert [edge["node"]["title"] for edge in titles] == ["columns citing", "columns cited"]
     statement = page_statement(sent)
@@ -614,7 +614,7 @@ def test_a_page_fetches_only_the_columns_its_items_select(world: World) -> None:
         + EVERY_DTU_FIELD
         + " }"
     )
-    with statements(world.runtime.db.engine) as sent:
+    with world.statements() as sent:
         answer = world.data("alice", whole, {"tag": tag, "id": gid("Dtu", key)})
     assert answer["page"]["nodes"][0] == answer["one"]
     assert answer["one"]["human"]["summary"] == "the summary" and answer["one"]["machine"] == {"k": [1, 2]}
@@ -733,7 +733,7 @@ def test_a_page_filtered_by_one_tag_reads_its_postings_alone(world: World) -> No
         facets(fields: ["tier", "type"]) { field values { value count } } } }"""
     seen: list[str] = []
     after = None
-    with statements(world.runtime.db.engine) as sent:
+    with world.statements() as sent:
         while True:
             page = world.data("bob", document, {"tag": tag, "after": after})["dtus"]
             seen += keys(page)

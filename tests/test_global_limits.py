@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from global_world import BACKENDS, World, open_world, statements
+from global_world import BACKENDS, World, open_world
 
 from concord_core.api.gql import query_limits
 from concord_core.api.gql.cost import MAX_COST
@@ -75,7 +75,7 @@ REFUSED: dict[str, tuple[str, dict[str, Any], str, str]] = {
 @pytest.mark.parametrize("limit", list(REFUSED))
 def test_an_over_limit_query_is_refused_before_any_sql(world: World, limit: str) -> None:
     document, variables, code, words = REFUSED[limit]
-    with statements(world.runtime.db.engine) as sent:
+    with world.statements() as sent:
         body = world.post("anonymous", document, variables)
     assert sent == [], f"{limit}: SQL ran for a refused query: {sent}"
     assert body["data"] is None
@@ -89,10 +89,10 @@ def test_an_over_limit_query_is_refused_before_any_sql(world: World, limit: str)
 
 def test_a_signed_in_caller_costs_only_the_credential_check(world: World) -> None:
     world.data("alice", "{ __typename }")  # the key's lastUsedAt is written at most once a minute
-    with statements(world.runtime.db.engine) as baseline:
+    with world.statements() as baseline:
         world.data("alice", "{ __typename }")
     for document, variables, _code, _words in REFUSED.values():
-        with statements(world.runtime.db.engine) as sent:
+        with world.statements() as sent:
             body = world.post("alice", document, variables)
         assert body["errors"] and sent == baseline
 

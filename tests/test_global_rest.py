@@ -25,7 +25,6 @@ from global_world import (
     graphql_variables,
     open_world,
     seed,
-    statements,
 )
 
 SOURCES = ("dtus", "artifacts", "lens_items", "jobs")
@@ -159,11 +158,11 @@ def test_rest_and_graphql_answer_the_same(world: World) -> None:
 
 def test_total_and_facets_are_computed_only_when_asked(world: World) -> None:
     plain = {"first": 3, "total": "false", "facets": "", "tier": ["mega", "regular"]}
-    with statements(world.runtime.db.engine) as sent:
+    with world.statements() as sent:
         body = world.rest("anonymous", "/api/dtus/paginated", plain).json()
     assert body["total"] is None and body["facets"] == {}
     assert not any("count(" in statement.lower() for statement in sent)
-    with statements(world.runtime.db.engine) as counted:
+    with world.statements() as counted:
         body = world.rest(
             "anonymous", "/api/dtus/paginated", {**plain, "total": "true", "facets": "tier,tags"}
         ).json()

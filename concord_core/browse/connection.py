@@ -167,29 +167,39 @@ def read_page(
     session: Session, plan: PagePlan, after: str | None = None, before: str | None = None
 ) -> Page[Any]:
     """Run a :class:`PagePlan` with its cursors (VALIDATION errors for malformed or forged ones)."""
+    parameters = page_parameters(plan, after, before)
+    if plan.plain:
+        names, rows = _plain_rows(session, plan.statement, plan.width, parameters)
+        return assemble_page(plan, names, rows)
+    return assemble_page(plan, [], list(session.execute(plan.statement, parameters).all()))
+
+
+def page_parameters(plan: PagePlan, after: str | None, before: str | None) -> dict[str, Any]:
+    """The parameters of ``plan``'s statement: the sort keys in its cursors (VALIDATION errors for
+    malformed or forged ones)."""
     if plan.after != (after is not None) or plan.before != (before is not None):
         raise ValueError("the cursors given are not the ones the plan was made for")
-    order = plan.ordering.name
     parameters: dict[str, Any] = {}
     for side, cursor in (("after", after), ("before", before)):
         if cursor is not None:
-            values = decode_cursor(cursor, order, plan.kinds, side)
+            values = decode_cursor(cursor, plan.ordering.name, plan.kinds, side)
             parameters.update({f"cursor_{side}_{n}": value for n, value in enumerate(values)})
+    return parameters
+
+
+def assemble_page(plan: PagePlan, names: Sequence[str], rows: Sequence[Sequence[Any]]) -> Page[Any]:
+    """The page in the rows of ``plan``'s statement: with ``names`` (of a plain plan's item columns), the
+    items are dicts of them, else each row's first column."""
     width = plan.width
-    names: list[str] = []
-    if plan.plain:
-        names, rows = _plain_rows(session, plan.statement, width, parameters)
-    else:
-        rows = list(session.execute(plan.statement, parameters).all())
     more = len(rows) > plan.size
-    rows = rows[: plan.size]
+    rows = list(rows[: plan.size])
     if plan.backwards:
         rows.reverse()
     # zip stops at the names: the sort keys after them are not the item's
     items = [dict(zip(names, row, strict=False)) for row in rows] if plan.plain else [row[0] for row in rows]
     return Page(
         items=items,
-        cursors=[encode_cursor(order, tuple(row[width:])) for row in rows],
+        cursors=[encode_cursor(plan.ordering.name, tuple(row[width:])) for row in rows],
         has_next_page=more if not plan.backwards else plan.before,
         has_previous_page=more if plan.backwards else plan.after,
     )

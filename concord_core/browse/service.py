@@ -50,6 +50,8 @@ from concord_core.browse.connection import (
     Page,
     PagePlan,
     Part,
+    assemble_page,
+    page_parameters,
     paginate_parts,
     plan_page,
     read_page,
@@ -57,6 +59,7 @@ from concord_core.browse.connection import (
 from concord_core.browse.indexes import BUCKET, INDEXED, POSTINGS, ROLLED_UP, TOTAL
 from concord_core.browse.scopes import readable_scopes, scope_sum, search_scopes, title_search_vector
 from concord_core.browse.source import Browsable, FilterKind
+from concord_core.db.async_reads import AsyncReads
 from concord_core.db.engine import Database
 from concord_core.db.models import POSTING_SORTS, BrowseCount, BrowseScopeCount, EntityTag
 from concord_core.operators.errors import ErrorCode, OperatorError
@@ -143,11 +146,21 @@ class _Counters:
     conditions: list[ColumnElement[bool]]
 
 
-def _reader(plan: PagePlan) -> PageReader:
-    def read(session: Session, after: str | None, before: str | None) -> Page[Any]:
-        return read_page(session, plan, after, before)
+@dataclass(frozen=True)
+class _PlanReader:
+    """Reads the pages of one :class:`PagePlan` (one statement); :meth:`BrowseService.page_async` can
+    read them from the event loop instead."""
 
-    return read
+    plan: PagePlan
+
+    def __call__(self, session: Session, after: str | None, before: str | None) -> Page[Any]:
+        return read_page(session, self.plan, after, before)
+
+
+def _memoizable(browsable: Browsable) -> bool:
+    """Whether the statements of ``browsable``'s questions can be kept: its access predicate reads nothing
+    but the principal (a lens's own may read more)."""
+    return browsable.access in PRINCIPAL_ONLY_ACCESS
 
 
 def _frozen(value: FilterValue) -> Hashable:
@@ -172,7 +185,7 @@ class BrowseService:
     ) -> Hashable | None:
         """What the ``kind`` statements for this question depend on, or None if that cannot be told: its
         browsable's access predicate may read more than the principal (a lens's own)."""
-        if browsable.access not in PRINCIPAL_ONLY_ACCESS:
+        if not _memoizable(browsable):
             return None
         who = (principal.user_id, principal.is_admin, tuple(sorted(principal.roles.items())))
         asked = (
@@ -423,8 +436,49 @@ class BrowseService:
     ) -> Page[Any]:
         """A page of the rows the caller may read: the model's entities, or with ``columns`` (attribute
         names of the model; its id is always included) dicts of just those columns by attribute name."""
-        self._check(browsable, request)
         after, before = after or None, before or None  # an empty cursor is no cursor
+        reader = self._reader(principal, browsable, request, first, after, last, before, columns)
+        return reader(session, after, before)
+
+    async def page_async(
+        self,
+        reads: AsyncReads,
+        principal: Principal,
+        browsable: Browsable,
+        request: BrowseRequest,
+        *,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+        columns: Sequence[str],
+    ) -> Page[Any] | None:
+        """:meth:`page` with ``columns``, read on the event loop through ``reads`` (PostgreSQL), when its
+        page is one statement built once for the question; None when it is not (a search read in tiers, a
+        lens's own access predicate): ask :meth:`page`."""
+        if not _memoizable(browsable):
+            return None
+        after, before = after or None, before or None
+        reader = self._reader(principal, browsable, request, first, after, last, before, columns)
+        if not isinstance(reader, _PlanReader):
+            return None
+        plan = reader.plan
+        names, rows = await reads.table(plan.statement, page_parameters(plan, after, before))
+        return assemble_page(plan, names[: plan.width], rows)
+
+    def _reader(
+        self,
+        principal: Principal,
+        browsable: Browsable,
+        request: BrowseRequest,
+        first: int | None,
+        after: str | None,
+        last: int | None,
+        before: str | None,
+        columns: Sequence[str] | None,
+    ) -> PageReader:
+        """What reads :meth:`page`'s pages, built once per question (VALIDATION errors for a bad one)."""
+        self._check(browsable, request)
         # The cursors are parameters of the statements, so one plan serves every page of a question.
         shown = None if columns is None else tuple(columns)
         paging = (first, last, after is not None, before is not None, shown)
@@ -442,7 +496,7 @@ class BrowseService:
                 columns=columns,
             )
 
-        return self._memoized(key, build)(session, after, before)
+        return self._memoized(key, build)
 
     def _page_reader(
         self,
@@ -480,7 +534,7 @@ class BrowseService:
                 row_columns=selected,
                 rows_of=(browsable.model, browsable.column("id")),
             )
-            return _reader(plan)
+            return _PlanReader(plan)
         query, rank = self._query(principal, browsable, request)
         sort = request.sort or (RELEVANCE if rank is not None else "created")
         tiers = self._tiers(principal, browsable, request) if sort == RELEVANCE and rank is not None else None
@@ -512,7 +566,7 @@ class BrowseService:
         plan = plan_page(
             query, ordering, first=first, last=last, after=after, before=before, row_columns=selected
         )
-        return _reader(plan)
+        return _PlanReader(plan)
 
     # -- counting from browse_counts ------------------------------------------------------------------
 

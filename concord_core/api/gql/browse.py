@@ -131,26 +131,24 @@ async def browse_connection(
     names -> the model attributes each reads), a plain row of only the columns the query's items select
     (all of them when it selects a field ``columns`` does not name)."""
     principal = info.context.principal
-    browse = info.context.runtime.browse
+    runtime = info.context.runtime
+    browse = runtime.browse
     wanted = None
     if columns is not None:
         wanted = columns_for(item_fields(info), columns)
         if wanted is None:
             wanted = browsable.attributes
-    page = await info.context.read(
-        lambda session: browse.page(
-            session,
-            principal,
-            browsable,
-            request,
-            first=first,
-            after=after,
-            last=last,
-            before=before,
-            columns=wanted,
-        ),
-        transaction=False,  # no SET LOCAL, no locks
-    )
+    paging: dict[str, Any] = {"first": first, "after": after, "last": last, "before": before}
+    page = None
+    reads = runtime.async_reads
+    if wanted is not None and reads is not None and reads.usable():
+        # On PostgreSQL a page of one statement is read on the event loop (db.async_reads).
+        page = await browse.page_async(reads, principal, browsable, request, **paging, columns=wanted)
+    if page is None:
+        page = await info.context.read(
+            lambda session: browse.page(session, principal, browsable, request, **paging, columns=wanted),
+            transaction=False,  # no SET LOCAL, no locks
+        )
     return Connection.from_page(page, BrowseScope(principal, browsable, request), to_node)
 
 
