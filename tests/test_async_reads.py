@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from authz import Instance, bearer, make_user, mode_settings, new_key, open_instance, sign_in
 from conftest import POSTGRES_ADMIN_URL
 from global_world import World, open_world, seed, statements
+from sqlalchemy import func, select
 
 from concord_core.auth.accounts import PRINCIPAL_OF_USER
 from concord_core.auth.authenticate import AuthenticationFailed, authenticate_async, credential_from
@@ -166,3 +168,37 @@ def test_pages_read_on_the_loop_are_the_pages_read_in_threads(world: World) -> N
         world.data("carol", query)
     assert not [sql for sql in through_sqlalchemy if "page_keys" in sql]
     assert [sql for sql in every if "page_keys" in sql]
+
+
+def test_a_cancelled_read_fails_without_being_tried_again(postgres_url: str) -> None:
+    """Only a lost connection earns a second try: a statement the server cancelled (as its timeout would)
+    fails its read at once, and the next read is served."""
+    db = Database(postgres_url)
+
+    async def cancel_a_long_read() -> None:
+        reads = AsyncReads(db, max_connections=1)
+        try:
+            sleep = select(func.pg_sleep(5))
+            reading = asyncio.ensure_future(reads.rows(sleep, {}))
+            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+                for _ in range(200):
+                    cancelled = admin.execute(
+                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND query LIKE 'SELECT pg_sleep%%'",
+                        [db.engine.url.database],
+                    ).fetchall()
+                    if cancelled:
+                        break
+                    await asyncio.sleep(0.01)
+            began = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                await reading
+            assert time.monotonic() - began < 2  # not slept through again
+            assert [tuple(row) for row in await reads.rows(select(func.abs(-1)), {})] == [(1,)]
+        finally:
+            await reads.close()
+
+    try:
+        asyncio.run(cancel_a_long_read())
+    finally:
+        db.dispose()

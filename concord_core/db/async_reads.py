@@ -11,9 +11,10 @@ loop that opened it, and runs Core selects on them, compiled for the engine's di
 SQL SQLAlchemy sends, with the same processing of the values bound and of the values read (a
 ``TypeDecorator``'s, for one).
 
-A connection that fails is dropped and the read tried once more on a new one (the server may have
-restarted since it was last used). Used from another event loop than its own (or after :meth:`close`),
-it says so (:meth:`usable`) and callers use the threaded path instead.
+A connection that was lost is dropped and the read tried once more on a new one (the server may have
+restarted since it was last used); a statement that fails (cancelled, say) fails its read. Used from
+another event loop than its own (or after :meth:`close`), it says so (:meth:`usable`) and callers use the
+threaded path instead.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from sqlalchemy.sql import Select
 
 from concord_core.db.engine import Database, json_loads
 
-#: Connections open at most, and reads at once; more readers wait (each read takes about a round trip).
-MAX_CONNECTIONS = 4
+#: Connections open at most (opened as reads need them), and reads at once; more readers wait. A
+#: credential's read takes a round trip, a page's a few ms; a slower page keeps only one of them.
+MAX_CONNECTIONS = 8
 #: Statements kept compiled, the least recently read dropped first (a page's are made per question).
 MAX_COMPILED = 1024
 
@@ -115,8 +117,9 @@ class AsyncReads:
                     rows = await cursor.fetchall()
                     description = cursor.description or []
                 except psycopg.OperationalError:
+                    lost = connection.broken  # not a statement cancelled by its timeout, say
                     await connection.close()
-                    if attempt == 2:
+                    if attempt == 2 or not lost:
                         raise
                     continue
                 except BaseException:
