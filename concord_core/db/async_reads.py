@@ -39,7 +39,6 @@ MAX_CONNECTIONS = 8
 MAX_COMPILED = 1024
 
 Connection = psycopg.AsyncConnection[Any]
-RowProcessor = Callable[[Any], Any] | None
 
 
 @dataclass
@@ -50,9 +49,9 @@ class _Compiled:
     required: frozenset[str]  # the parameters the caller must give
     fixed: frozenset[str]  # lists the statement holds (IN), written out as one parameter per item
     types: list[Any]  # of the columns read, in order
-    # What each column's type does to the value read (None: nothing), once a read has told the driver's
-    # type of each column; None until then.
-    readers: list[RowProcessor] | None = None
+    # The columns whose type processes the value read, by position, with what it does; known once a read
+    # has told the driver's type of each column (None until then).
+    readers: list[tuple[int, Callable[[Any], Any]]] | None = None
 
 
 class AsyncReads:
@@ -117,7 +116,7 @@ class AsyncReads:
                     rows = await cursor.fetchall()
                     description = cursor.description or []
                 except psycopg.OperationalError:
-                    lost = connection.broken  # not a statement cancelled by its timeout, say
+                    lost = connection.broken  # the connection is gone, not just the statement
                     await connection.close()
                     if attempt == 2 or not lost:
                         raise
@@ -137,11 +136,12 @@ class AsyncReads:
         alone)."""
         if compiled.readers is None:
             dialect = self._db.engine.dialect
-            compiled.readers = [
+            processors = (
                 column_type.dialect_impl(dialect).result_processor(dialect, column.type_code)
                 for column_type, column in zip(compiled.types, description, strict=True)
-            ]
-        readers = [(index, read) for index, read in enumerate(compiled.readers) if read is not None]
+            )
+            compiled.readers = [(index, read) for index, read in enumerate(processors) if read is not None]
+        readers = compiled.readers
         if not readers or not rows:
             return rows
         make = type(rows[0])._make if hasattr(rows[0], "_make") else tuple
