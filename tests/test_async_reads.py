@@ -10,14 +10,14 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import pytest
 from authz import Instance, bearer, make_user, mode_settings, new_key, open_instance, sign_in
 from conftest import POSTGRES_ADMIN_URL
 from global_world import World, open_world, seed, statements
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from concord_core.auth.accounts import PRINCIPAL_OF_USER
 from concord_core.auth.authenticate import AuthenticationFailed, authenticate_async, credential_from
@@ -27,6 +27,7 @@ from concord_core.browse.sources import DTUS
 from concord_core.db.async_reads import AsyncReads
 from concord_core.db.engine import Database
 from concord_core.db.migrate import upgrade
+from concord_core.db.models import Dtu
 
 
 @pytest.fixture
@@ -154,9 +155,14 @@ def test_pages_read_on_the_loop_are_the_pages_read_in_threads(world: World) -> N
                         if not expected.cursors:
                             break
                         cursor = expected.cursors[-1] if cursor_side == "after" else expected.cursors[0]
+            # A statement's open parameter (a cursor's key) must be given; a list it holds may not be.
+            owners = bindparam("owners", ["x", "y"], expanding=True)
+            keyed = select(Dtu.id).where(Dtu.id > bindparam("after_id"), Dtu.owner_id.in_(owners))
             with pytest.raises(ValueError, match="required"):
-                plan = cast(Any, browse._reader(carol, DTUS, BrowseRequest(), 3, "x", None, None, columns))
-                await reads.table(plan.plan.statement, {})
+                await reads.table(keyed, {})
+            with pytest.raises(ValueError, match="lists"):
+                await reads.table(keyed, {"after_id": "", "owners": ["z"]})
+            assert await reads.table(keyed, {"after_id": ""}) == (["id"], [])
         finally:
             await reads.close()
         return compared
