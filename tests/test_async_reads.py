@@ -163,6 +163,10 @@ def test_pages_read_on_the_loop_are_the_pages_read_in_threads(world: World) -> N
             with pytest.raises(ValueError, match="lists"):
                 await reads.table(keyed, {"after_id": "", "owners": ["z"]})
             assert await reads.table(keyed, {"after_id": ""}) == (["id"], [])
+            # A value goes through its column type's processing, as SQLAlchemy would send it.
+            since = select(Dtu.id).where(Dtu.created_at > bindparam("since"))
+            with pytest.raises(ValueError, match="naive"):
+                await reads.table(since, {"since": datetime(2020, 1, 1)})
         finally:
             await reads.close()
         return compared

@@ -24,6 +24,12 @@ _json_other = json.JSONEncoder(separators=(",", ":")).encode
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
+def urlsafe_base64(text: str) -> str:
+    """``text`` (UTF-8) in URL-safe base64 without padding: ``base64.urlsafe_b64encode`` without its
+    layers of calls (a page makes a cursor and a global ID per item)."""
+    return binascii.b2a_base64(text.encode(), newline=False).translate(_URLSAFE).decode().rstrip("=")
+
+
 def _key_json(value: Any) -> str:
     """A sort-key value as compact JSON, a timestamp as ``{"t": ISO 8601}``."""
     if isinstance(value, str):
@@ -34,11 +40,9 @@ def _key_json(value: Any) -> str:
 
 
 def encode_cursor(order: str, values: tuple[Any, ...]) -> str:
-    """``[order, [value, ...]]`` as compact JSON in URL-safe base64 without padding. Built by hand, as
-    ``json.dumps`` would with separators ``(",", ":")``, and encoded without ``base64``'s layers of calls:
-    a page makes one cursor per row."""
-    raw = "[" + _json_string(order) + ",[" + ",".join(map(_key_json, values)) + "]]"
-    return binascii.b2a_base64(raw.encode(), newline=False).translate(_URLSAFE).decode().rstrip("=")
+    """``[order, [value, ...]]`` as compact JSON in URL-safe base64 without padding (built by hand, as
+    ``json.dumps`` would with separators ``(",", ":")``: a page makes one cursor per row)."""
+    return urlsafe_base64("[" + _json_string(order) + ",[" + ",".join(map(_key_json, values)) + "]]")
 
 
 def _fits(value: Any, kind: type) -> bool:

@@ -162,10 +162,19 @@ class AsyncReads:
         # workspaces) written out, one parameter per item; the values the statement holds itself (a
         # LIMIT, those items) are the defaults of the others, None until the caller gives them.
         expanded = compiled.construct_expanded_state({name: None for name in required})
+        # What each parameter's type does to its value: the statement's own binds (anonymous ones by the
+        # names in the SQL), then each item of a list written out (only those are in ``expanded``).
+        processors: dict[str, Callable[[Any], Any]] = {
+            name: process
+            for bind, name in compiled.bind_names.items()
+            if not bind.expanding
+            and (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        processors.update(expanded.processors)
         result = _Compiled(
             sql=expanded.statement,
             values=dict(expanded.parameters),
-            processors=dict(expanded.processors),
+            processors=processors,
             required=required,
             fixed=frozenset(expanded.parameter_expansion),
             types=[column.type for column in statement.selected_columns],

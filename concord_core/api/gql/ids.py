@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from concord_core.browse.cursor import urlsafe_base64
 from concord_core.operators.errors import OperatorError, not_found
 
 #: The longest database key (a UUID in its canonical text form).
@@ -13,14 +14,8 @@ MAX_KEY_LENGTH = 36
 MAX_GLOBAL_ID_LENGTH = 200
 
 
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
-
-
 def to_global_id(type_name: str, key: str) -> str:
-    """URL-safe base64 of ``Type:key``, unpadded; ``base64.urlsafe_b64encode`` without its layers of calls
-    (a page makes one per item)."""
-    raw = f"{type_name}:{key}".encode()
-    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).decode().rstrip("=")
+    return urlsafe_base64(f"{type_name}:{key}")
 
 
 def plausible_key(key: str) -> bool:
