@@ -1,6 +1,7 @@
 """The PostgreSQL connection pool: no ping round trip for a connection that was just used, a ping (and a
 fresh connection when it fails) for one that sat idle; the session settings every connection gets; reads of
-one statement without a transaction; JSON columns decoded as json.loads decodes them."""
+one statement without a transaction; statements on the driver inside a write; JSON columns decoded as
+json.loads decodes them."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from urllib.parse import quote
 import psycopg
 import pytest
 from sqlalchemy import String, literal_column, select, text
+from sqlalchemy.exc import IntegrityError
 
 from concord_core.db import engine as engine_module
-from concord_core.db.engine import Database
+from concord_core.db.engine import Database, driver_fetchone
 from concord_core.db.types import JsonDocument
 
 
@@ -104,6 +106,31 @@ def test_a_read_of_one_statement_runs_outside_a_transaction(postgres_url: str) -
         with db.connect_for_one_read() as connection:
             assert connection.execute(text("SELECT 1")).scalar() == 1
             assert connection.connection.driver_connection.autocommit  # type: ignore[union-attr]
+    finally:
+        db.dispose()
+
+
+def test_a_statement_on_the_driver_is_part_of_the_write_and_fails_as_sqlalchemy_would(
+    postgres_url: str,
+) -> None:
+    """driver_fetchone runs inside the session's transaction (rolled back with it), and a driver error is
+    the SQLAlchemy exception the statement would have raised through SQLAlchemy."""
+    db = Database(postgres_url)
+    try:
+        with db.write() as session:
+            session.execute(text("CREATE TABLE driven (n integer PRIMARY KEY)"))
+        insert = "INSERT INTO driven (n) VALUES (%(n)s) RETURNING n * 10"
+        with pytest.raises(RuntimeError), db.write() as session:
+            assert driver_fetchone(session.connection(), insert, {"n": 1}) == (10,)
+            raise RuntimeError("roll back")
+        with pytest.raises(IntegrityError) as raised, db.write() as session:
+            assert driver_fetchone(session.connection(), insert, {"n": 2}) == (20,)
+            driver_fetchone(session.connection(), insert, {"n": 2})
+        assert isinstance(raised.value.orig, psycopg.errors.UniqueViolation)
+        with db.write() as session:  # the pool's connection is usable again
+            assert driver_fetchone(session.connection(), insert, {"n": 3}) == (30,)
+        with db.read() as session:
+            assert session.execute(text("SELECT n FROM driven")).scalars().all() == [3]
     finally:
         db.dispose()
 

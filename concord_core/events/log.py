@@ -68,10 +68,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, LargeBinary, bindparam, insert, select, text, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.orm import Session
 
-from concord_core.db.engine import Database, after_commit
+from concord_core.db.engine import Database, after_commit, driver_fetchone
 from concord_core.db.models import Event, EventHead
 from concord_core.db.types import utcnow
 
@@ -184,13 +184,13 @@ def append_event(
     workspace_id: str | None = None,
     actor_id: str | None = None,
     request_id: str | None = None,
-) -> Event | None:
+) -> int | None:
     """Append one event inside the caller's transaction; call it last, just before commit.
 
     The caller's pending changes are flushed first, so the chain lock is held only for the append itself
-    and the commit that follows. Returns the sealed :class:`Event` (not attached to ``session``), or None
-    on PostgreSQL when the event was staged in the outbox: it is sealed after the commit, before the
-    session's :meth:`~concord_core.db.engine.Database.write` returns (see the module docstring).
+    and the commit that follows. Returns the event's sequence number, or None on PostgreSQL when the
+    event was staged in the outbox: it is sealed after the commit, before the session's
+    :meth:`~concord_core.db.engine.Database.write` returns (see the module docstring).
     """
     if not EVENT_TYPE.match(event_type):
         raise ValueError(f"event type {event_type!r} is not UPPER_SNAKE")
@@ -213,8 +213,8 @@ def append_event(
         "payload": payload,
         "created_at": created_at,
     }
-    # Core statements on the session's connection, not the unit of work: the ORM's bookkeeping would cost
-    # more than the append itself.
+    # Not the unit of work, whose bookkeeping would cost more than the append itself: on PostgreSQL the
+    # driver (:func:`driver_fetchone`), on SQLite Core statements, on the session's connection.
     connection = session.connection()
     if postgres:
         return _append_postgres(session, connection, values)
@@ -227,7 +227,7 @@ def append_event(
         insert(_EVENTS), [{column.key: getattr(event, column.key) for column in _EVENTS.columns}]
     )
     connection.execute(update(_HEAD).where(_HEAD.c.id == 1).values(seq=event.seq, hash=event.hash))
-    return event
+    return event.seq
 
 
 _EVENTS = Event.metadata.tables["events"]
@@ -247,58 +247,55 @@ _STAGED = "concord_staged_events"
 # The outbox check reads this statement's snapshot, taken before the lock: enough, since the events that
 # must precede this one are those committed before the transaction's earlier statements (module
 # docstring). With the head: number, hash (SHA-256 in SQL over the text :func:`_hashed_body` made), insert
-# the event and move the head. Without it: stage the event in the outbox.
-_APPEND_OR_STAGE = text(
-    """
+# the event and move the head. Without it: stage the event in the outbox. Placeholders are psycopg's: both
+# statements run on the driver (:func:`driver_fetchone`).
+_APPEND_OR_STAGE = """
     WITH head AS (
         SELECT seq, hash FROM event_head
         WHERE id = 1
           AND CASE WHEN EXISTS (SELECT 1 FROM event_outbox) THEN false
-                   ELSE pg_try_advisory_xact_lock(:key) END
+                   ELSE pg_try_advisory_xact_lock(%(key)s) END
         FOR UPDATE
     ), next AS (
         SELECT seq + 1 AS seq, hash AS prev_hash,
-               encode(sha256(convert_to(hash, 'UTF8') || :before
-                             || convert_to((seq + 1)::text, 'UTF8') || :after), 'hex') AS hash
+               encode(sha256(convert_to(hash, 'UTF8') || %(before)s
+                             || convert_to((seq + 1)::text, 'UTF8') || %(after)s), 'hex') AS hash
         FROM head
     ), appended AS (
         INSERT INTO events (seq, event_type, workspace_id, actor_id, request_id, entity_type, entity_id,
                             payload, created_at, prev_hash, hash)
-        SELECT seq, :event_type, :workspace_id, :actor_id, :request_id, :entity_type, :entity_id,
-               CAST(:payload AS jsonb), :created_at, prev_hash, hash
+        SELECT seq, %(event_type)s, %(workspace_id)s, %(actor_id)s, %(request_id)s, %(entity_type)s,
+               %(entity_id)s, CAST(%(payload)s AS jsonb), %(created_at)s, prev_hash, hash
         FROM next
-        RETURNING seq, prev_hash, hash
+        RETURNING seq, hash
     ), moved AS (
         UPDATE event_head SET seq = appended.seq, hash = appended.hash
         FROM appended WHERE event_head.id = 1
-        RETURNING appended.seq, appended.prev_hash, appended.hash
+        RETURNING appended.seq
     ), staged AS (
         INSERT INTO event_outbox (event_type, workspace_id, actor_id, request_id, entity_type, entity_id,
                                   payload, created_at, hashed_before_seq, hashed_after_seq)
-        SELECT :event_type, :workspace_id, :actor_id, :request_id, :entity_type, :entity_id,
-               CAST(:payload AS jsonb), :created_at, :before, :after
+        SELECT %(event_type)s, %(workspace_id)s, %(actor_id)s, %(request_id)s, %(entity_type)s,
+               %(entity_id)s, CAST(%(payload)s AS jsonb), %(created_at)s, %(before)s, %(after)s
         WHERE NOT EXISTS (SELECT 1 FROM head)
         RETURNING id
     )
-    SELECT seq, prev_hash, hash, NULL::bigint AS staged FROM moved
+    SELECT seq, NULL::bigint AS staged FROM moved
     UNION ALL
-    SELECT NULL, NULL, NULL, id FROM staged
-    """
-).bindparams(bindparam("before", type_=LargeBinary), bindparam("after", type_=LargeBinary))
+    SELECT NULL, id FROM staged
+"""
 
 # The later events of a transaction that has staged one are staged too, so they keep their order.
-_STAGE = text(
-    """
+_STAGE = """
     INSERT INTO event_outbox (event_type, workspace_id, actor_id, request_id, entity_type, entity_id,
                               payload, created_at, hashed_before_seq, hashed_after_seq)
-    VALUES (:event_type, :workspace_id, :actor_id, :request_id, :entity_type, :entity_id,
-            CAST(:payload AS jsonb), :created_at, :before, :after)
+    VALUES (%(event_type)s, %(workspace_id)s, %(actor_id)s, %(request_id)s, %(entity_type)s,
+            %(entity_id)s, CAST(%(payload)s AS jsonb), %(created_at)s, %(before)s, %(after)s)
     RETURNING id
-    """
-).bindparams(bindparam("before", type_=LargeBinary), bindparam("after", type_=LargeBinary))
+"""
 
 
-def _append_postgres(session: Session, connection: Connection, values: dict[str, Any]) -> Event | None:
+def _append_postgres(session: Session, connection: Connection, values: dict[str, Any]) -> int | None:
     prefix, suffix = _hashed_body(**values)
     params = {
         **values,
@@ -308,16 +305,23 @@ def _append_postgres(session: Session, connection: Connection, values: dict[str,
     }
     ids = _staged_ids(session)
     if ids is None:
-        row = connection.execute(_APPEND_OR_STAGE, {**params, "key": CHAIN_LOCK}).one()
-        if row.staged is None:
-            return Event(seq=row.seq, prev_hash=row.prev_hash, hash=row.hash, **values)
+        seq, staged = _fetch(connection, _APPEND_OR_STAGE, {**params, "key": CHAIN_LOCK})
+        if staged is None:
+            return int(seq)
         ids = []
         session.info[_STAGED] = (session.get_transaction(), ids)
         after_commit(session, lambda db: seal_staged(db, ids))
-        ids.append(row.staged)
+        ids.append(staged)
         return None
-    ids.append(connection.execute(_STAGE, params).scalar_one())
+    (staged,) = _fetch(connection, _STAGE, params)
+    ids.append(staged)
     return None
+
+
+def _fetch(connection: Connection, statement: str, params: dict[str, Any]) -> tuple[Any, ...]:
+    row = driver_fetchone(connection, statement, params)
+    assert row is not None, "an append statement returns one row"
+    return row
 
 
 def _staged_ids(session: Session) -> list[int] | None:
