@@ -3,10 +3,10 @@
 Starts the server on a scratch data directory with default settings (one uvicorn process, JSON request
 log, SQLite in WAL mode with ``synchronous=FULL``; ``--backend postgres`` for a scratch PostgreSQL
 database; ``--servers N`` for N processes on the same data), then runs a few client threads, each with its
-own keep-alive ``httpx.Client``, posting ``createDtu`` as fast as the server answers. Every answer is
-checked: a mutation that returns errors is counted, not timed. Prints throughput, latency percentiles and
-the CPU spent per request by the server and by the client, which runs on the same machine and takes CPU
-from the server.
+own keep-alive connection (``benchmarks.common.JsonClient``), posting ``createDtu`` as fast as the server
+answers. Every answer is checked: a mutation that returns errors is counted, not timed. Prints throughput,
+latency percentiles and the CPU spent per request by the server and by the client, which runs on the same
+machine and takes CPU from the server.
 
     .venv/bin/python benchmarks/create_dtu.py                      # SQLite, 4 clients, 2000 requests
     .venv/bin/python benchmarks/create_dtu.py --backend postgres --clients 8 -n 5000 --servers 2
@@ -17,6 +17,8 @@ Target (issue 2): at least 200 createDtu per second over HTTP on a 2-core machin
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import sys
 import tempfile
 import threading
@@ -25,14 +27,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import httpx
-
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (
     DEFAULT_POSTGRES_URL,
     ROOT,
+    JsonClient,
     header,
     load,
     percentile,
@@ -98,21 +99,21 @@ def run(urls: list[str], total: int, clients: int) -> tuple[float, list[float], 
     start = threading.Barrier(clients + 1)
 
     def client(index: int, count: int) -> None:
-        with httpx.Client(base_url=urls[index % len(urls)], timeout=30) as http:
-            http.get("/healthz")  # open the keep-alive connection before the clock starts
+        with JsonClient(urls[index % len(urls)]) as connection:
+            connection.get("/healthz")  # open the keep-alive connection before the clock starts
             start.wait()
             for n in range(count):
                 began = time.perf_counter()
                 try:
-                    response = http.post(
-                        "/graphql", json={"query": CREATE_DTU, "variables": variables(index, n)}
+                    status, text = connection.post(
+                        "/graphql", {"query": CREATE_DTU, "variables": variables(index, n)}
                     )
-                    body = response.json() if response.status_code == 200 else {}
+                    body = json.loads(text) if status == 200 else {}
                     payload = (body.get("data") or {}).get("createDtu") or {}
-                    if response.status_code != 200 or body.get("errors") or payload.get("errors"):
-                        errors.append(f"{response.status_code} {response.text[:300]}")
+                    if status != 200 or body.get("errors") or payload.get("errors"):
+                        errors.append(f"{status} {text[:300]!r}")
                         continue
-                except httpx.HTTPError as exc:
+                except (OSError, http.client.HTTPException) as exc:
                     errors.append(repr(exc))
                     continue
                 latencies[index].append(time.perf_counter() - began)

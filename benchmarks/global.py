@@ -56,7 +56,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 
 if __package__ in (None, ""):
@@ -64,7 +63,7 @@ if __package__ in (None, ""):
 
 from sqlalchemy import func, insert, select, text
 
-from benchmarks.common import DEFAULT_POSTGRES_URL, ROOT, cpu_seconds, header, load, percentile
+from benchmarks.common import DEFAULT_POSTGRES_URL, ROOT, JsonClient, cpu_seconds, header, load, percentile
 from concord_core.api.gql.schema import load_lenses
 from concord_core.api.runtime import Runtime
 from concord_core.auth.accounts import load_principal
@@ -418,7 +417,7 @@ def measure(
     headers = {"Authorization": f"Bearer {token}"}
     cpu_began: float | None = None
     timed = 0
-    with httpx.Client(base_url=server.url, headers=headers, timeout=120) as http:
+    with JsonClient(server.url, headers=headers, timeout=120) as http:
         deadline = None
         for n in range(args.warmup + args.requests):
             if n == args.warmup:
@@ -429,11 +428,11 @@ def measure(
             for name, body in bodies:
                 result = measured[name]
                 began = time.perf_counter()
-                response = http.post("/graphql", json=body)
+                status, text = http.post("/graphql", body)
                 elapsed = time.perf_counter() - began
-                answer = response.json() if response.status_code == 200 else {}
-                if response.status_code != 200 or answer.get("errors"):
-                    result.errors.append(f"{response.status_code} {response.text[:300]}")
+                answer = json.loads(text) if status == 200 else {}
+                if status != 200 or answer.get("errors"):
+                    result.errors.append(f"{status} {text[:300]!r}")
                     continue
                 if n >= args.warmup:
                     timed += 1
