@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 import sys
+import timeit
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,7 +130,14 @@ def tree_cpu_seconds(pid: int) -> float | None:
     return total
 
 
+def speed() -> str:
+    """The time of a fixed piece of pure Python (best of 5): this machine's speed drifts by up to 2x within
+    minutes, so a run's figures are read next to it."""
+    best = min(timeit.repeat("sum(range(10000))", number=200, repeat=5)) / 200
+    return f"sum(range(10000)) in {best * 1e6:.0f} µs"
+
+
 def header(title: str) -> None:
     print(f"# {title}")
-    print(f"# {machine()}, load average {load()}")
+    print(f"# {machine()}, load average {load()}; speed: {speed()}")
     sys.stdout.flush()

@@ -63,7 +63,16 @@ if __package__ in (None, ""):
 
 from sqlalchemy import func, insert, select, text
 
-from benchmarks.common import DEFAULT_POSTGRES_URL, ROOT, JsonClient, cpu_seconds, header, load, percentile
+from benchmarks.common import (
+    DEFAULT_POSTGRES_URL,
+    ROOT,
+    JsonClient,
+    cpu_seconds,
+    header,
+    load,
+    percentile,
+    speed,
+)
 from concord_core.api.gql.schema import load_lenses
 from concord_core.api.runtime import Runtime
 from concord_core.auth.accounts import load_principal
@@ -592,7 +601,7 @@ def report(
             f"({'ok' if ratio <= DEEP_RATIO else 'MISSED'}; target <= {DEEP_RATIO}x); "
             f"server CPU/req {_ms(cpu)}"
         )
-    print(f"# load average {load()}")
+    print(f"# load average {load()}; speed: {speed()}")
 
 
 def _ms(seconds: float | None) -> str:
