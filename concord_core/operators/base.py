@@ -231,7 +231,8 @@ def record_outcome(
 
 _WORKSPACES = Workspace.metadata.tables["workspaces"]
 _WORKSPACE_EXISTS = select(_WORKSPACES.c.id).where(_WORKSPACES.c.id == bindparam("id"))
-_INSERT_AUDIT = insert(AuditEntry.metadata.tables["audit_log"])
+#: Inline: a single row's INSERT would otherwise return its generated id (RETURNING), which nothing reads.
+_INSERT_AUDIT = insert(AuditEntry.metadata.tables["audit_log"]).inline()
 
 
 def audit_row(
