@@ -20,9 +20,19 @@ from sqlalchemy.exc import IntegrityError
 from concord_core.api.runtime import Runtime
 from concord_core.auth.accounts import create_user
 from concord_core.browse.indexes import index_inserted
-from concord_core.db.models import Base, BrowseCount, Dtu, DtuCitation, DtuVersion, EntityTag, Event
+from concord_core.db.models import (
+    AuditEntry,
+    Base,
+    BrowseCount,
+    Dtu,
+    DtuCitation,
+    DtuVersion,
+    EntityTag,
+    Event,
+)
 from concord_core.db.snapshots import dtu_snapshot, dtu_version_snapshot
 from concord_core.operators import dtus as dtu_ops
+from concord_core.operators.base import write
 from concord_core.operators.errors import ErrorCode, OperatorError
 
 GRAPHQL_DIR = Path(__file__).resolve().parent.parent / "graphql"
@@ -238,6 +248,20 @@ def test_create_sends_one_statement_per_row(gql: GraphQL, runtime: Runtime) -> N
     assert len(log) == (0 if runtime.db.is_postgres else 3), sent
     # SQLite: the principal's read and the write transaction; PostgreSQL's driver begins implicitly.
     assert len(transactions) <= 2, sent
+
+
+def test_a_change_audited_early_refuses_a_later_audit_and_writes_nothing(runtime: Runtime) -> None:
+    """createDtu writes its audit row with its batch of rows (Change.write_audit); auditing after that
+    would change a row already sent, so it is refused, and the transaction rolls back."""
+    ctx = runtime.operation_context(runtime.principal_for_user(runtime.local_owner_id or ""))
+    with runtime.db.read() as session:
+        before = session.scalar(select(func.count()).select_from(AuditEntry))
+    with pytest.raises(RuntimeError, match="already written"), write(ctx, "test.audit") as change:
+        change.audit("dtu", "some-id", None, version=1)
+        change.write_audit()
+        change.audit("dtu", "some-id", None, version=2)
+    with runtime.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(AuditEntry)) == before
 
 
 def test_a_failing_index_write_raises_as_sqlalchemy_would_and_writes_nothing(

@@ -95,6 +95,7 @@ class Change:
     audit_detail: dict[str, Any] = field(default_factory=dict)
     #: A dry run: the transaction is rolled back and nothing (not even the audit entry) is recorded.
     dry_run: bool = False
+    _audit_written: bool = field(default=False, init=False)
 
     @cached_property
     def connection(self) -> Connection:
@@ -139,14 +140,15 @@ class Change:
         self.events.append(_PendingEvent(event_type, entity_type, entity_id, payload, workspace_id))
 
     def audit(self, target_type: str, target_id: str, workspace_id: str | None, **detail: Any) -> None:
+        if self._audit_written:
+            raise RuntimeError("the change's audit row is already written (write_audit)")
         self.audit_target = (target_type, target_id, workspace_id)
         self.audit_detail.update(detail)
 
-    def _flush(self) -> None:
-        request = current()
-        # The operator's ORM changes first: the audit row goes in with Core (the unit of work's bookkeeping
-        # costs more than the row), after the rows it may refer to.
-        self.session.flush()
+    def write_audit(self) -> None:
+        """Write the audit row now instead of when the change ends: for an operator that sends its rows
+        in one batch (``pipelined``), so that the row goes with them and saves its own round trip. Its
+        rows must be written first (Core statements, or flushed); nothing may be audited afterwards."""
         insert_audit(
             self.connection,
             [
@@ -159,6 +161,15 @@ class Change:
                 )
             ],
         )
+        self._audit_written = True
+
+    def _flush(self) -> None:
+        request = current()
+        # The operator's ORM changes first: the audit row goes in with Core (the unit of work's bookkeeping
+        # costs more than the row), after the rows it may refer to.
+        self.session.flush()
+        if not self._audit_written:
+            self.write_audit()
         for pending in self.events:
             append_event(
                 self.session,

@@ -232,12 +232,14 @@ def create_dtu(ctx: OperationContext, data: dict[str, Any]) -> Dtu:
         if errors:
             raise OperatorError(errors)
         connection = change.connection
-        # Core statements alone (the session holds no changes to flush): one round trip on PostgreSQL.
+        # Core statements alone (the session holds no changes to flush), the audit row with them: one round
+        # trip on PostgreSQL.
         row = {column.key: getattr(dtu, column.key) for column in _DTUS.columns}
         with pipelined(connection):
             connection.execute(_INSERT_DTU, row)
             index_inserted(connection, dtu)
             _record(change, dtu, "created", "DTU_CREATED")
+            change.write_audit()
     return dtu
 
 
