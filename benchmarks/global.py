@@ -426,7 +426,7 @@ def measure(
     headers = {"Authorization": f"Bearer {token}"}
     cpu_began: float | None = None
     timed = 0
-    with JsonClient(server.url, headers=headers, timeout=120) as http:
+    with JsonClient(server.url, headers=headers, timeout=120) as client:
         deadline = None
         for n in range(args.warmup + args.requests):
             if n == args.warmup:
@@ -437,7 +437,7 @@ def measure(
             for name, body in bodies:
                 result = measured[name]
                 began = time.perf_counter()
-                status, text = http.post("/graphql", body)
+                status, text = client.post("/graphql", body)
                 elapsed = time.perf_counter() - began
                 answer = json.loads(text) if status == 200 else {}
                 if status != 200 or answer.get("errors"):
