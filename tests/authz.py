@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -358,9 +358,10 @@ def subscription_messages(
     *,
     wait: float = 1.0,
     limit: int = 1000,
+    until: Callable[[dict[str, Any]], bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """The messages a subscription sends until it completes, errs, goes quiet for ``wait`` seconds, or
-    ``limit`` have come (credentials in the websocket handshake's headers)."""
+    """The messages a subscription sends until it completes, errs, goes quiet for ``wait`` seconds,
+    ``limit`` have come, or one satisfies ``until`` (credentials in the websocket handshake's headers)."""
     received: list[dict[str, Any]] = []
     with connect(
         url,
@@ -387,5 +388,7 @@ def subscription_messages(
             received.append(message)
             if message["type"] in ("error", "complete"):
                 return received
+            if until is not None and until(message):
+                break
         ws.send(json.dumps({"id": "1", "type": "complete"}))  # stop it before hanging up
     return received

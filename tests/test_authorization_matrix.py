@@ -1034,11 +1034,21 @@ def test_visibility_decides_reading_and_listing(world: World) -> None:
 def test_the_event_log_shows_members_only_what_they_may_read(world: World) -> None:
     """A private DTU in the shared workspace: its owner and admins see its events; other members do not."""
     private = world.fresh_dtu(visibility="private", title="private in the team")
+    # Every member sees this one, after the private one: once it has come, the private one would have too
+    # (events come in log order), however long the replay before it takes.
+    marker = gid("Dtu", world.fresh_dtu(title="after the private one"))
     text = 'subscription { events(after: "0", types: ["DTU_CREATED"]) { entityId workspaceId } }'
+
+    def is_marker(message: dict[str, Any]) -> bool:
+        return bool(message["type"] == "next" and message["payload"]["data"]["events"]["entityId"] == marker)
+
     for actor, sees in (("viewer", False), ("editor", False), ("owner", True), ("admin", True)):
-        messages = subscription_messages(world.ws_url, text, headers=world.headers(actor), wait=0.5)
+        messages = subscription_messages(
+            world.ws_url, text, headers=world.headers(actor), wait=30, limit=100_000, until=is_marker
+        )
         assert all(m["type"] == "next" for m in messages), messages
         ids = {m["payload"]["data"]["events"]["entityId"] for m in messages}
+        assert marker in ids, actor  # the replay reached the marker, so it went past the private one
         assert gid("Dtu", world.dtu) in ids  # the team's readable DTUs are there
         assert (gid("Dtu", private) in ids) is sees, actor
 
