@@ -238,6 +238,7 @@ def test_create_sends_one_statement_per_row(gql: GraphQL, runtime: Runtime) -> N
         "INSERT INTO AUDIT_LOG",
         "INSERT INTO BROWSE_COUNTS",
         "INSERT INTO BROWSE_SCOPE_COUNTS",  # the tags facet's counters by access scope
+        "INSERT INTO BROWSE_TAG_COUNTS",  # the tier, type and status counters per tag
         "INSERT INTO DTUS",
         "INSERT INTO DTU_VERSIONS",
         "INSERT INTO ENTITY_TAGS",

@@ -458,8 +458,9 @@ def test_total_count_and_facets_cost_sql_only_when_selected(world: World) -> Non
         counted[name] = [statement for statement in sent if statement.upper().lstrip().startswith("SELECT")]
     assert not any("count(" in statement.lower() for statement in counted["nodes"])
     assert len(counted["totalCount"]) == len(counted["nodes"]) + 1
-    assert len(counted["facets"]) == len(counted["nodes"]) + 2  # one statement per facet
-    assert len(counted["both"]) == len(counted["nodes"]) + 3
+    # Both facets are read from counters (one tag filters the rows), all in one statement.
+    assert len(counted["facets"]) == len(counted["nodes"]) + 1
+    assert len(counted["both"]) == len(counted["nodes"]) + 2
 
 
 def test_a_total_filtered_by_one_tag_is_exact(world: World) -> None:
@@ -754,6 +755,67 @@ def test_a_page_filtered_by_one_tag_reads_its_postings_alone(world: World) -> No
         "bob", "query($after: String) { dtus(first: 2, after: $after) { nodes { id } } }", {"after": cursor}
     )["dtus"]
     assert everything["nodes"]  # a valid cursor there too
+
+
+def test_totals_and_facets_requiring_one_tag_are_sums_of_counters(world: World) -> None:
+    """A request that requires one tag and otherwise filters only on buckets, tier, type or status counts
+    its total and its tier, type, status and visibility facets from counters (browse_counts,
+    browse_tag_counts), whatever the tag's size: no statement counts postings or rows. Each person's counts
+    are those of the rows they may read, and they follow an edit, a publish, a merge and a tag removed."""
+    tag = new_tag()
+    shared = world.shared_workspace
+    ctx = world.ctx
+    made = [
+        create(world, "alice", "Counted public", tag, tier="mega", dtu_type="claim"),
+        create(world, "alice", "Counted private", tag, visibility="private", tier="hyper"),
+        create(world, "alice", "Counted shared", tag, visibility="workspace", workspace_id=shared),
+        create(world, "bob", "Counted unlisted", tag, visibility="unlisted", dtu_type="idea"),
+        create(world, "carol", "Counted carol", tag, visibility="private", tier="mega"),
+        create(world, "carol", "Counted other tag", f"{tag}-b", tier="shadow"),
+    ]
+    document = """query($filter: DtuFilter) { dtus(first: 100, filter: $filter) {
+        totalCount nodes { tier type status visibility }
+        facets(fields: ["tier", "type", "status", "visibility"]) { field values { value count } } } }"""
+
+    def check(who: str, **filters: list[str]) -> dict[str, dict[str, int]]:
+        """The facets ``who`` gets; the total and the facets of the filtered fields are checked against
+        the rows of the page."""
+        with world.statements() as sent:
+            page = world.data(who, document, {"filter": {"tags": {"anyOf": [tag]}, **filters}})["dtus"]
+        rows = page["nodes"]
+        assert page["totalCount"] == len(rows), (who, page)
+        facets = {f["field"]: {v["value"]: v["count"] for v in f["values"]} for f in page["facets"]}
+        for field in ("tier", "type", "status", "visibility"):
+            if field not in filters:  # a facet ignores its own filter, so only these are the page's counts
+                counted: dict[str, int] = {}
+                for row in rows:
+                    counted[row[field].lower()] = counted.get(row[field].lower(), 0) + 1
+                assert facets[field] == counted, (who, field, facets, rows)
+        counts = [" ".join(s.split()).lower() for s in sent if "count(" in s.lower() or "sum(" in s.lower()]
+        assert counts and all("from browse_" in s and "entity_tags" not in s for s in counts), counts
+        return facets
+
+    assert check("alice")["tier"] == {"mega": 1, "hyper": 1, "regular": 1}
+    assert check("bob")["type"] == {"claim": 1, "note": 1, "idea": 1}
+    assert check("carol")["tier"] == {"mega": 2}
+    assert check("anonymous")["visibility"] == {"public": 1}
+    assert sum(check("dave")["tier"].values()) == 5
+    # A visibility filter is a condition on the buckets, the others on the counters' columns.
+    assert check("alice", visibility=["PRIVATE"])["visibility"] == {"public": 1, "private": 1, "workspace": 1}
+    assert check("alice", tier=["MEGA", "HYPER"])["tier"] == {"mega": 1, "hyper": 1, "regular": 1}
+    assert check("dave", tier=["MEGA"], type=["note"], status=["active"])["type"] == {"claim": 1, "note": 1}
+
+    dtu_ops.edit_dtu(ctx("alice"), {"id": made[0], "expected_version": 1, "tier": "regular"})
+    summary = {"summary": "worth publishing"}
+    dtu_ops.edit_dtu(ctx("alice"), {"id": made[1], "expected_version": 1, "human": summary})
+    dtu_ops.publish_dtu(ctx("alice"), made[1], "public")
+    dtu_ops.merge_dtus(ctx("carol"), made[4], [made[5]])  # the absorbed row's tag joins the kept one
+    dtu_ops.merge_dtus(ctx("alice"), made[0], [made[1]])  # the absorbed row keeps its tag, now merged
+    dtu_ops.edit_dtu(ctx("bob"), {"id": made[3], "expected_version": 1, "tags": [f"{tag}-c"]})
+    assert check("carol")["tier"] == {"mega": 1, "regular": 1, "hyper": 1}
+    assert check("bob")["tier"] == {"regular": 2, "hyper": 1}
+    assert check("dave", status=["merged"])["status"] == {"active": 3, "merged": 1}
+    check("alice", type=["note"])
 
 
 def test_the_indexes_still_match_a_rebuild(world: World) -> None:

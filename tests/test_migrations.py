@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -15,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from concord_core.browse.indexes import INDEXED, rebuild, snapshot
 from concord_core.cli.main import main
 from concord_core.db import migrate
 from concord_core.db.engine import Database
@@ -380,5 +382,55 @@ def test_tag_postings_and_search_scopes_are_filled_from_existing_rows(empty_data
         assert str(created).startswith("2025-01-02 03:04:05") and str(updated).startswith(
             "2025-02-03 04:05:06"
         )
+    finally:
+        db.dispose()
+
+
+def _insert(conn: Any, table: str, **row: Any) -> None:
+    columns = ", ".join(row)
+    conn.execute(text(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(':' + c for c in row)})"), row)
+
+
+def test_tag_counts_are_filled_from_the_postings(empty_database_url: str) -> None:
+    """0009 fills browse_tag_counts from the postings (which 0008 made from the rows): per tag, the rows
+    of each access bucket, tier, type and status ("" for a facet the browsable lacks); exactly what a
+    rebuild from the rows makes."""
+    db = Database(empty_database_url)
+    stamps = {"created_at": "2025-01-02 03:04:05", "updated_at": "2025-01-02 03:04:05"}
+    try:
+        command.upgrade(migrate.alembic_config(db.url), "0007")
+        with db.engine.begin() as conn:
+            for user in ("u1", "u2"):
+                _insert(conn, "users", id=user, email=f"{user}@example.com", display_name="U", is_admin=False,
+                        **stamps)  # fmt: skip
+            _insert(conn, "workspaces", id="w1", name="W", **stamps)
+            dtu = {"workspace_id": "w1", "version": 1, "human": "{}", "core": "{}", "machine": "{}",
+                   "dtu_type": "claim", "citation_mode": "original", "citations": "[]", "status": "active",
+                   "content_hash": "h", **stamps}  # fmt: skip
+            for dtu_id, owner, tags, tier, visibility in (
+                ("d1", "u1", '["jazz", "folk"]', "mega", "workspace"),
+                ("d2", "u1", '["jazz"]', "mega", "workspace"),
+                ("d3", "u2", '["jazz"]', "hyper", "public"),
+            ):
+                _insert(conn, "dtus", id=dtu_id, owner_id=owner, title=dtu_id, tags=tags, tier=tier,
+                        visibility=visibility, **dtu)  # fmt: skip
+            _insert(conn, "artifacts", id="a1", workspace_id="w1", owner_id="u2", name="Tape", kind="audio",
+                    visibility="public", tags='["jazz"]', current_version=0, **stamps)  # fmt: skip
+        migrate.upgrade(db)
+        with db.engine.begin() as conn:
+            filled = snapshot(conn)["browse_tag_counts"]
+            savepoint = conn.begin_nested()
+            for browsable in INDEXED.values():
+                rebuild(conn, browsable)
+            rebuilt = snapshot(conn)["browse_tag_counts"]
+            savepoint.rollback()
+        mine, theirs = ("workspace", "w1", "u1"), ("public", "w1", "u2")
+        assert filled == {
+            ("dtus", "jazz", *mine, "mega", "claim", "active", 2),
+            ("dtus", "folk", *mine, "mega", "claim", "active", 1),
+            ("dtus", "jazz", *theirs, "hyper", "claim", "active", 1),
+            ("artifacts", "jazz", *theirs, "", "audio", "", 1),
+        }
+        assert filled == rebuilt
     finally:
         db.dispose()

@@ -9,8 +9,10 @@
   sum a few buckets, scoped by the same policy filter as everything else, instead of scanning every row.
 * ``browse_scope_counts``: the tags facet's counters summed by access scope (:mod:`.scopes`), changed by
   the same deltas.
+* ``browse_tag_counts``: each tag's postings counted by access bucket, tier, type and status, so a total or
+  facet of a request that requires one tag sums a few counters too, however many rows carry the tag.
 
-A SQLAlchemy ``before_flush`` hook derives both from the ORM changes of a transaction, so no operator can
+A SQLAlchemy ``before_flush`` hook derives them from the ORM changes of a transaction, so no operator can
 forget them; an operator that inserts a row with Core instead of the unit of work (which the hook cannot
 see) calls :func:`index_inserted` beside its ``INSERT``. :func:`rebuild_all` recomputes them from the
 tables (after bulk loads or as a repair), and :func:`verify_all` checks them.
@@ -23,10 +25,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, event, func, insert, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, UOWTransaction
 from sqlalchemy.orm.attributes import get_history
 
+from concord_core.browse.counters import CounterTable
 from concord_core.browse.scopes import rebuild_scopes, rolled_up, scope_deltas, upsert_scopes
 from concord_core.browse.source import Browsable
 from concord_core.browse.sources import KERNEL_BROWSABLES
@@ -36,6 +38,7 @@ from concord_core.db.models import (
     POSTING_SORTS,
     BrowseCount,
     BrowseScopeCount,
+    BrowseTagCount,
     EntityTag,
 )
 from concord_core.db.types import new_id, utcnow
@@ -46,6 +49,9 @@ INDEXED: dict[type, Browsable] = {b.model: b for b in KERNEL_BROWSABLES if b.tag
 ROLLED_UP = {b.name: rolled_up(b) for b in INDEXED.values()}  # source -> facets also kept by scope
 
 Key = tuple[str, str, str, str, str, str]  # source, facet, value, visibility, workspace, owner
+#: browse_tag_counts: what its counters tell apart besides the source and the tag (posting columns).
+TAG_COUNTED = (*BUCKET, *POSTING_FACETS)
+TagKey = tuple[str, ...]  # source, tag, then the TAG_COUNTED columns' values
 
 
 def posting_attributes(browsable: Browsable) -> dict[str, str | None]:
@@ -61,6 +67,13 @@ def posting_attributes(browsable: Browsable) -> dict[str, str | None]:
 
 
 POSTINGS = {b.name: posting_attributes(b) for b in INDEXED.values() if b.tagged}
+#: Per tagged browsable, the model attributes browse_tag_counts tells apart, with the column of each.
+TAG_COUNTED_COLUMNS = {
+    source: {
+        attribute: column for column, attribute in columns.items() if column in TAG_COUNTED and attribute
+    }
+    for source, columns in POSTINGS.items()
+}
 #: One tag change of one row: source, id, tags removed, tags added, the row's posting values now (empty
 #: for a deleted row), and whether the postings it keeps must be rewritten with them.
 TagChange = tuple[str, str, set[str], set[str], dict[str, Any], bool]
@@ -75,8 +88,8 @@ def _value(obj: Any, attribute: str, *, old: bool) -> Any:
     return history.unchanged[0] if history.unchanged else getattr(obj, attribute)
 
 
-def _keys(browsable: Browsable, obj: Any, *, old: bool) -> tuple[list[Key], set[str]]:
-    """The counter keys one row contributes to, and its tags."""
+def _keys(browsable: Browsable, obj: Any, *, old: bool) -> tuple[list[Key], list[TagKey], set[str]]:
+    """The counter keys and per-tag counter keys one row contributes to, and its tags."""
     visibility, workspace_id, owner_id = (str(_value(obj, name, old=old)) for name in BUCKET)
     bucket = (visibility, workspace_id, owner_id)
     keys: list[Key] = [(browsable.name, TOTAL, TOTAL, *bucket)]
@@ -86,7 +99,15 @@ def _keys(browsable: Browsable, obj: Any, *, old: bool) -> tuple[list[Key], set[
             keys += [(browsable.name, facet.name, tag, *bucket) for tag in sorted(tags)]
         else:
             keys.append((browsable.name, facet.name, str(_value(obj, facet.attribute, old=old)), *bucket))
-    return keys, tags
+    tag_keys: list[TagKey] = []
+    if tags:
+        attributes = POSTINGS[browsable.name]
+        facets = tuple(
+            "" if (attribute := attributes[name]) is None else str(_value(obj, attribute, old=old))
+            for name in POSTING_FACETS
+        )
+        tag_keys = [(browsable.name, tag, *bucket, *facets) for tag in sorted(tags)]
+    return keys, tag_keys, tags
 
 
 def _postings(browsable: Browsable, obj: Any, *, old: bool) -> dict[str, Any]:
@@ -107,49 +128,23 @@ def _apply_defaults(browsable: Browsable, obj: Any) -> None:
             setattr(obj, attribute, default.arg(None) if default.is_callable else default.arg)
 
 
-def _upsert_statement(dialect: Any) -> Any:
-    statement = dialect.insert(BrowseCount)
-    return statement.on_conflict_do_update(
-        index_elements=["source", "facet", "value", "visibility", "workspace_id", "owner_id"],
-        set_={"count": BrowseCount.count + statement.excluded["count"]},
-    )
-
-
-# Built once, executed with one parameter set per counter: compiled once, not for every flush.
-_UPSERT = {"postgresql": _upsert_statement(postgresql), "sqlite": _upsert_statement(sqlite)}
-
-
-def _upsert(connection: Connection, deltas: Counter[Key]) -> None:
-    """Add ``deltas`` to the counters in one executemany (keys in sorted order, so concurrent transactions
-    lock counter rows in the same order)."""
-    rows = [
-        {
-            "source": source,
-            "facet": facet,
-            "value": value,
-            "visibility": visibility,
-            "workspace_id": workspace_id,
-            "owner_id": owner_id,
-            "count": delta,
-        }
-        for (source, facet, value, visibility, workspace_id, owner_id), delta in sorted(deltas.items())
-        if delta != 0
-    ]
-    if rows:
-        connection.execute(_UPSERT[connection.dialect.name], rows)
+_COUNTS = CounterTable(BrowseCount, ["source", "facet", "value", *BUCKET])
+_TAG_COUNTS = CounterTable(BrowseTagCount, ["source", "tag", *TAG_COUNTED])
 
 
 @event.listens_for(Session, "before_flush")
 def _maintain(session: Session, _flush: UOWTransaction, _instances: Iterable[Any] | None) -> None:
     deltas: Counter[Key] = Counter()
+    tag_deltas: Counter[TagKey] = Counter()
     tag_changes: list[TagChange] = []
     for obj in session.new:
         browsable = INDEXED.get(type(obj))
         if browsable is not None:
             if obj.id is None:  # the column default, applied now so the tag rows can name the row
                 obj.id = new_id()
-            keys, tags = _keys(browsable, obj, old=False)
+            keys, tag_keys, tags = _keys(browsable, obj, old=False)
             deltas.update(keys)
+            tag_deltas.update(tag_keys)
             if tags:
                 _apply_defaults(browsable, obj)
                 tag_changes.append(
@@ -158,10 +153,12 @@ def _maintain(session: Session, _flush: UOWTransaction, _instances: Iterable[Any
     for obj in session.dirty:
         browsable = INDEXED.get(type(obj))
         if browsable is not None and session.is_modified(obj, include_collections=False):
-            old_keys, old_tags = _keys(browsable, obj, old=True)
-            new_keys, new_tags = _keys(browsable, obj, old=False)
+            old_keys, old_tag_keys, old_tags = _keys(browsable, obj, old=True)
+            new_keys, new_tag_keys, new_tags = _keys(browsable, obj, old=False)
             deltas.subtract(old_keys)
             deltas.update(new_keys)
+            tag_deltas.subtract(old_tag_keys)
+            tag_deltas.update(new_tag_keys)
             if not (old_tags or new_tags):
                 continue
             if "updated_at" in POSTINGS[browsable.name].values() and not get_history(obj, "updated_at").added:
@@ -175,13 +172,14 @@ def _maintain(session: Session, _flush: UOWTransaction, _instances: Iterable[Any
     for obj in session.deleted:
         browsable = INDEXED.get(type(obj))
         if browsable is not None:
-            keys, tags = _keys(browsable, obj, old=True)
+            keys, tag_keys, tags = _keys(browsable, obj, old=True)
             deltas.subtract(keys)
+            tag_deltas.subtract(tag_keys)
             if tags:
                 tag_changes.append((browsable.name, obj.id, tags, set(), {}, False))
     if not deltas and not tag_changes:
         return
-    _write(session.connection(), deltas, tag_changes)
+    _write(session.connection(), deltas, tag_deltas, tag_changes)
 
 
 def index_inserted(connection: Connection, obj: Any) -> None:
@@ -189,11 +187,11 @@ def index_inserted(connection: Connection, obj: Any) -> None:
     hook does for rows added to a session). ``obj`` carries the row's values as attributes."""
     browsable = INDEXED.get(type(obj))
     if browsable is not None:
-        keys, tags = _keys(browsable, obj, old=False)
+        keys, tag_keys, tags = _keys(browsable, obj, old=False)
         changes: list[TagChange] = []
         if tags:
             changes.append((browsable.name, obj.id, set(), tags, _postings(browsable, obj, old=False), False))
-        _write(connection, Counter(keys), changes)
+        _write(connection, Counter(keys), Counter(tag_keys), changes)
 
 
 _ENTITY_TAGS = EntityTag.metadata.tables["entity_tags"]
@@ -206,14 +204,18 @@ _UPDATE_POSTINGS = (
 )
 
 
-def _write(connection: Connection, deltas: Counter[Key], tag_changes: list[TagChange]) -> None:
+def _write(
+    connection: Connection, deltas: Counter[Key], tag_deltas: Counter[TagKey], tag_changes: list[TagChange]
+) -> None:
     """Tag postings first (removed, then the kept ones rewritten if their row moved, then added), then
     the counters, in one round trip on PostgreSQL (no statement here reads another's result)."""
     with pipelined(connection):
-        _write_statements(connection, deltas, tag_changes)
+        _write_statements(connection, deltas, tag_deltas, tag_changes)
 
 
-def _write_statements(connection: Connection, deltas: Counter[Key], tag_changes: list[TagChange]) -> None:
+def _write_statements(
+    connection: Connection, deltas: Counter[Key], tag_deltas: Counter[TagKey], tag_changes: list[TagChange]
+) -> None:
     for source, entity_id, removed, _added, _values, _moved in tag_changes:
         if removed:
             connection.execute(
@@ -237,7 +239,8 @@ def _write_statements(connection: Connection, deltas: Counter[Key], tag_changes:
     ]
     if added_rows:
         connection.execute(_INSERT_TAGS, added_rows)
-    _upsert(connection, deltas)
+    _COUNTS.add(connection, deltas)
+    _TAG_COUNTS.add(connection, tag_deltas)
     upsert_scopes(connection, scope_deltas(deltas, ROLLED_UP))
 
 
@@ -265,6 +268,7 @@ def rebuild(connection: Connection, browsable: Browsable) -> None:
     bucket = (table.c.visibility, table.c.workspace_id, table.c.owner_id)
     connection.execute(delete(EntityTag).where(EntityTag.source == browsable.name))
     connection.execute(delete(BrowseCount).where(BrowseCount.source == browsable.name))
+    connection.execute(delete(BrowseTagCount).where(BrowseTagCount.source == browsable.name))
     columns = ["source", "facet", "value", "visibility", "workspace_id", "owner_id", "count"]
     if browsable.tagged:
         tags = _tag_rows(connection, browsable).subquery()
@@ -293,6 +297,17 @@ def rebuild(connection: Connection, browsable: Browsable) -> None:
                 literal(browsable.name), literal(facet.name), column, *bucket, func.count()
             ).group_by(column, *bucket)
         connection.execute(insert(BrowseCount).from_select(columns, query))
+    if browsable.tagged:
+        postings = EntityTag.__table__.c
+        counted = [postings[name] for name in TAG_COUNTED]
+        key = [func.coalesce(column, "") if column.nullable else column for column in counted]
+        per_tag = (
+            select(postings.source, postings.tag, *key, func.count())
+            .where(postings.source == browsable.name)
+            .group_by(postings.source, postings.tag, *counted)
+            .order_by(postings.source, postings.tag, *counted)  # a tag's counters together on disk
+        )
+        connection.execute(insert(BrowseTagCount).from_select([*_TAG_COUNTS.key_columns, "count"], per_tag))
     rebuild_scopes(connection, browsable)
 
 
@@ -301,38 +316,18 @@ def rebuild_all(connection: Connection) -> None:
         rebuild(connection, browsable)
 
 
-def snapshot(
-    connection: Connection,
-) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]], set[tuple[Any, ...]]]:
-    """The indexes as sets (zero counts left out), for comparing with a rebuild."""
-    tags = {tuple(row) for row in connection.execute(select(_ENTITY_TAGS))}
-    counts = {
-        tuple(row)
-        for row in connection.execute(
-            select(
-                BrowseCount.source,
-                BrowseCount.facet,
-                BrowseCount.value,
-                BrowseCount.visibility,
-                BrowseCount.workspace_id,
-                BrowseCount.owner_id,
-                BrowseCount.count,
-            ).where(BrowseCount.count != 0)
-        )
-    }
-    scope_counts = {
-        tuple(row)
-        for row in connection.execute(
-            select(
-                BrowseScopeCount.source,
-                BrowseScopeCount.facet,
-                BrowseScopeCount.scope,
-                BrowseScopeCount.value,
-                BrowseScopeCount.count,
-            ).where(BrowseScopeCount.count != 0)
-        )
-    }
-    return tags, counts, scope_counts
+#: The derived tables, each with what a rebuild makes of it (no counter at zero).
+_DERIVED = (
+    ("entity_tags", select(_ENTITY_TAGS)),
+    ("browse_counts", select(BrowseCount.__table__).where(BrowseCount.count != 0)),
+    ("browse_scope_counts", select(BrowseScopeCount.__table__).where(BrowseScopeCount.count != 0)),
+    ("browse_tag_counts", select(BrowseTagCount.__table__).where(BrowseTagCount.count != 0)),
+)
+
+
+def snapshot(connection: Connection) -> dict[str, set[tuple[Any, ...]]]:
+    """The indexes as sets of rows by table (zero counts left out), for comparing with a rebuild."""
+    return {name: {tuple(row) for row in connection.execute(rows)} for name, rows in _DERIVED}
 
 
 def verify_all(connection: Connection) -> str | None:
@@ -344,11 +339,8 @@ def verify_all(connection: Connection) -> str | None:
         after = snapshot(connection)
     finally:
         savepoint.rollback()
-    for name, kept, fresh in (
-        ("entity_tags", before[0], after[0]),
-        ("browse_counts", before[1], after[1]),
-        ("browse_scope_counts", before[2], after[2]),
-    ):
+    for name, kept in before.items():
+        fresh = after[name]
         if kept != fresh:
             extra, missing = sorted(kept - fresh)[:3], sorted(fresh - kept)[:3]
             return f"{name} differs from a rebuild: stale {extra}, missing {missing}"

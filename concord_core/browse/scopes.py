@@ -25,10 +25,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, case, delete, func, insert, literal, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from concord_core.auth.policy import Visibility, readable_filter
 from concord_core.auth.principal import Principal
+from concord_core.browse.counters import CounterTable
 from concord_core.browse.source import Browsable
 from concord_core.db.models import BrowseCount, BrowseScopeCount
 
@@ -67,27 +67,12 @@ def scope_deltas(deltas: Mapping[BucketKey, int], facets: Mapping[str, Iterable[
     return changes
 
 
-def _upsert_statement(dialect: Any) -> Any:
-    statement = dialect.insert(BrowseScopeCount)
-    return statement.on_conflict_do_update(
-        index_elements=["source", "facet", "scope", "value"],
-        set_={"count": BrowseScopeCount.count + statement.excluded["count"]},
-    )
-
-
-_UPSERT = {"postgresql": _upsert_statement(postgresql), "sqlite": _upsert_statement(sqlite)}
+_SCOPE_COUNTS = CounterTable(BrowseScopeCount, ["source", "facet", "scope", "value"])
 
 
 def upsert_scopes(connection: Connection, changes: Counter[ScopeKey]) -> None:
-    """Add ``changes`` to the scope counters in one executemany (sorted, so concurrent transactions lock
-    counters in the same order)."""
-    rows = [
-        {"source": source, "facet": facet, "scope": scope, "value": value, "count": delta}
-        for (source, facet, scope, value), delta in sorted(changes.items())
-        if delta != 0
-    ]
-    if rows:
-        connection.execute(_UPSERT[connection.dialect.name], rows)
+    """Add ``changes`` to the scope counters (one executemany)."""
+    _SCOPE_COUNTS.add(connection, changes)
 
 
 def rebuild_scopes(connection: Connection, browsable: Browsable) -> None:

@@ -4,7 +4,8 @@ Every query it builds starts from the browsable's access predicate, so items, to
 search hits always agree and never include a row the caller cannot read. Facets are disjunctive: a field's
 counts ignore that field's own filter. Unfiltered totals and counted facets are read from the
 ``browse_counts`` index (see :mod:`.indexes`), and a non-administrator's unfiltered tags facet from the
-counters by access scope (:mod:`.scopes`); everything else is counted live, within a time budget. A page,
+counters by access scope (:mod:`.scopes`), and the facets of a request that only one tag (and buckets)
+filters from the counters per tag; everything else is counted live, within a time budget. A page,
 total or facet that requires one tag reads that tag's postings in ``entity_tags`` (which carry the rows'
 sort keys, access columns and facet values) instead of probing the rows. On PostgreSQL a search asks the
 GIN index for the caller's access scopes beside the words, and relevance ranks title matches first (a
@@ -56,12 +57,12 @@ from concord_core.browse.connection import (
     plan_page,
     read_page,
 )
-from concord_core.browse.indexes import BUCKET, INDEXED, POSTINGS, ROLLED_UP, TOTAL
+from concord_core.browse.indexes import BUCKET, INDEXED, POSTINGS, ROLLED_UP, TAG_COUNTED_COLUMNS, TOTAL
 from concord_core.browse.scopes import readable_scopes, scope_sum, search_scopes, title_search_vector
 from concord_core.browse.source import Browsable, FilterKind
 from concord_core.db.async_reads import AsyncReads
 from concord_core.db.engine import Database
-from concord_core.db.models import POSTING_SORTS, BrowseCount, BrowseScopeCount, EntityTag
+from concord_core.db.models import POSTING_SORTS, BrowseCount, BrowseScopeCount, BrowseTagCount, EntityTag
 from concord_core.operators.errors import ErrorCode, OperatorError
 
 DEFAULT_FACET_VALUES = 20
@@ -139,11 +140,15 @@ def _search_terms(text_query: str) -> list[str]:
 @dataclass
 class _Counters:
     """Which browse_counts rows count a request's rows: those of ``facet`` with one of ``values`` (None:
-    any value), in the buckets ``conditions`` allow (and the access predicate, always)."""
+    any value), in the buckets ``buckets`` allow (and the access predicate, always)."""
 
     facet: str
     values: list[str] | None
-    conditions: list[ColumnElement[bool]]
+    buckets: list[tuple[str, list[str]]]  # (bucket column, the values a filter allows)
+
+    def in_buckets(self, counters: Any) -> list[ColumnElement[bool]]:
+        """The bucket filters as conditions on a counter model (BrowseCount, BrowseTagCount)."""
+        return [getattr(counters, name).in_(values) for name, values in self.buckets]
 
 
 @dataclass(frozen=True)
@@ -362,6 +367,42 @@ class BrowseService:
         if not terms:
             return query.where(literal_column("1") == 0), None
         return self._search(principal, browsable, query, terms)
+
+    def _tag_counts(
+        self, principal: Principal, browsable: Browsable, request: BrowseRequest, skip: str | None = None
+    ) -> list[ColumnElement[bool]] | None:
+        """The conditions on ``browse_tag_counts`` that select the counters of the rows ``request`` matches
+        (leaving out the filter named ``skip``): those of the one tag it requires, in the buckets the access
+        predicate and the bucket filters allow, with the tier, type and status it allows. None if the
+        request does not require exactly one tag, searches, or filters on anything else."""
+        columns = TAG_COUNTED_COLUMNS.get(browsable.name)
+        if columns is None or request.search is not None or INDEXED.get(browsable.model) is not browsable:
+            return None
+        tag: str | None = None
+        conditions: list[ColumnElement[bool]] = []
+        for name, value in request.filters.items():
+            if name == skip:
+                continue
+            spec = browsable.filters[name]
+            if spec.kind is FilterKind.TAGS:
+                assert isinstance(value, TagFilter)
+                required = {*value.any_of, *value.all_of}
+                if len(required) != 1 or len(value.any_of) > 1 or _storable(list(required)) != list(required):
+                    return None
+                (tag,) = required
+            elif spec.kind is FilterKind.EQUALS and spec.attribute in columns:
+                assert not isinstance(value, TagFilter | RangeFilter)
+                conditions.append(getattr(BrowseTagCount, columns[spec.attribute]).in_(_storable(value)))
+            else:
+                return None
+        if tag is None:
+            return None
+        return [
+            BrowseTagCount.source == browsable.name,
+            BrowseTagCount.tag == tag,
+            browsable.access(principal, BrowseTagCount),
+            *conditions,
+        ]
 
     def _postings(
         self, principal: Principal, browsable: Browsable, request: BrowseRequest, skip: str | None = None
@@ -590,7 +631,7 @@ class BrowseService:
             spec = browsable.filters[name]
             if spec.kind is FilterKind.EQUALS and spec.attribute in BUCKET:
                 assert not isinstance(value, TagFilter | RangeFilter)
-                counters.conditions.append(getattr(BrowseCount, spec.attribute).in_(_storable(value)))
+                counters.buckets.append((spec.attribute, _storable(value)))
                 continue
             facet = next(
                 (f for f in browsable.counted_facets if f.attribute == spec.attribute),
@@ -607,7 +648,7 @@ class BrowseService:
             else:
                 assert not isinstance(value, TagFilter | RangeFilter)
                 values = _storable(value)
-            counters = _Counters(facet.name, values, counters.conditions)
+            counters = _Counters(facet.name, values, counters.buckets)
         return counters
 
     def _counted(
@@ -618,7 +659,7 @@ class BrowseService:
             BrowseCount.source == browsable.name,
             BrowseCount.facet == counters.facet,
             browsable.access(principal, BrowseCount),
-            *counters.conditions,
+            *counters.in_buckets(BrowseCount),
         ]
         if counters.values is not None:
             conditions.append(BrowseCount.value.in_(counters.values))
@@ -650,6 +691,9 @@ class BrowseService:
         counters = self._counters(browsable, request)
         if counters is not None:
             return select(func.sum(BrowseCount.count)).where(*self._counted(principal, browsable, counters))
+        tag_counts = self._tag_counts(principal, browsable, request)
+        if tag_counts is not None:
+            return select(func.sum(BrowseTagCount.count)).where(*tag_counts)
         postings = self._postings(principal, browsable, request)
         if postings is not None:
             return select(func.count()).select_from(EntityTag).where(*postings)
@@ -737,7 +781,7 @@ class BrowseService:
             query = self._from_counters(principal, browsable, counters, group)
         elif counters is not None and counters.facet == TOTAL and facet.counted:
             scopes = readable_scopes(principal, browsable)
-            if not counters.conditions and name in ROLLED_UP.get(browsable.name, ()) and scopes is not None:
+            if not counters.buckets and name in ROLLED_UP.get(browsable.name, ()) and scopes is not None:
                 # Nothing filters the rows but the access predicate: the tag counters of the scopes the
                 # caller reads (a few per tag), rather than those of every bucket.
                 n = scope_sum(scopes)
@@ -754,10 +798,19 @@ class BrowseService:
                 return by_scope, False
             # Nothing filters the rows but their buckets: the facet's own counters, by value.
             query = self._from_counters(
-                principal, browsable, _Counters(facet.name, None, counters.conditions), BrowseCount.value
+                principal, browsable, _Counters(facet.name, None, counters.buckets), BrowseCount.value
             )
         if query is not None:
             return query.having(func.sum(BrowseCount.count) > 0), False
+        tag_counts = self._tag_counts(principal, browsable, request, skip=name)
+        if tag_counts is not None and facet.attribute in TAG_COUNTED_COLUMNS.get(browsable.name, {}):
+            # One tag's postings counted ahead by this facet's column (and the others filtered on).
+            group = getattr(BrowseTagCount, TAG_COUNTED_COLUMNS[browsable.name][facet.attribute])
+            n = func.sum(BrowseTagCount.count)
+            by_tag: AnySelect = (
+                select(group.label("value"), n.label("n")).where(*tag_counts).group_by(group).having(n > 0)
+            )
+            return by_tag, False
         postings = self._postings(principal, browsable, request, skip=name)
         carried = {a: c for c, a in POSTINGS.get(browsable.name, {}).items() if a is not None}
         if postings is not None and facet.attribute in carried:

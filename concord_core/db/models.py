@@ -506,6 +506,27 @@ class BrowseCount(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class BrowseTagCount(Base):
+    """The postings of one tag counted by what they carry besides their row and sort keys: how many rows
+    of a browsable with ``tag`` fall in one access bucket (visibility, workspace, owner) with one
+    combination of tier, type and status ("" where the browsable has no such facet). A total or facet of
+    a request that requires one tag and otherwise filters only on these columns is then a sum over a few
+    counters, however many rows carry the tag (migration 0009). Kept in the same transaction as
+    entity_tags."""
+
+    __tablename__ = "browse_tag_counts"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    visibility: Mapped[str] = mapped_column(String(16), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    owner_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tier: Mapped[str] = mapped_column(String(16), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class BrowseScopeCount(Base):
     """browse_counts of the tags facet summed by access scope (public; an owner's rows that are not
     public; a workspace's rows its members list; both of the last two) instead of by bucket, so a caller's
