@@ -4,10 +4,11 @@ Every query it builds starts from the browsable's access predicate, so items, to
 search hits always agree and never include a row the caller cannot read. Facets are disjunctive: a field's
 counts ignore that field's own filter. Unfiltered totals and counted facets are read from the
 ``browse_counts`` index (see :mod:`.indexes`), and a non-administrator's unfiltered tags facet from the
-counters by access scope (:mod:`.scopes`), and the facets of a request that only one tag (and buckets)
-filters from the counters per tag; everything else is counted live, within a time budget. A page,
-total or facet that requires one tag reads that tag's postings in ``entity_tags`` (which carry the rows'
-sort keys, access columns and facet values) instead of probing the rows. On PostgreSQL a search asks the
+counters by access scope (:mod:`.scopes`); the total and facets of a request that requires one tag and
+otherwise filters only on buckets, tier, type or status from that tag's counters (``browse_tag_counts``);
+everything else is counted live, within a time budget. A page, and a total or facet those counters cannot
+give, that requires one tag reads that tag's postings in ``entity_tags`` (which carry the rows' sort keys,
+access columns and facet values) instead of probing the rows. On PostgreSQL a search asks the
 GIN index for the caller's access scopes beside the words, and relevance ranks title matches first (a
 tier of their own, found through the title's index) so a first page rarely visits the other matches.
 """
@@ -140,15 +141,11 @@ def _search_terms(text_query: str) -> list[str]:
 @dataclass
 class _Counters:
     """Which browse_counts rows count a request's rows: those of ``facet`` with one of ``values`` (None:
-    any value), in the buckets ``buckets`` allow (and the access predicate, always)."""
+    any value), in the buckets ``conditions`` allow (and the access predicate, always)."""
 
     facet: str
     values: list[str] | None
-    buckets: list[tuple[str, list[str]]]  # (bucket column, the values a filter allows)
-
-    def in_buckets(self, counters: Any) -> list[ColumnElement[bool]]:
-        """The bucket filters as conditions on a counter model (BrowseCount, BrowseTagCount)."""
-        return [getattr(counters, name).in_(values) for name, values in self.buckets]
+    conditions: list[ColumnElement[bool]]
 
 
 @dataclass(frozen=True)
@@ -631,7 +628,7 @@ class BrowseService:
             spec = browsable.filters[name]
             if spec.kind is FilterKind.EQUALS and spec.attribute in BUCKET:
                 assert not isinstance(value, TagFilter | RangeFilter)
-                counters.buckets.append((spec.attribute, _storable(value)))
+                counters.conditions.append(getattr(BrowseCount, spec.attribute).in_(_storable(value)))
                 continue
             facet = next(
                 (f for f in browsable.counted_facets if f.attribute == spec.attribute),
@@ -648,7 +645,7 @@ class BrowseService:
             else:
                 assert not isinstance(value, TagFilter | RangeFilter)
                 values = _storable(value)
-            counters = _Counters(facet.name, values, counters.buckets)
+            counters = _Counters(facet.name, values, counters.conditions)
         return counters
 
     def _counted(
@@ -659,7 +656,7 @@ class BrowseService:
             BrowseCount.source == browsable.name,
             BrowseCount.facet == counters.facet,
             browsable.access(principal, BrowseCount),
-            *counters.in_buckets(BrowseCount),
+            *counters.conditions,
         ]
         if counters.values is not None:
             conditions.append(BrowseCount.value.in_(counters.values))
@@ -781,7 +778,7 @@ class BrowseService:
             query = self._from_counters(principal, browsable, counters, group)
         elif counters is not None and counters.facet == TOTAL and facet.counted:
             scopes = readable_scopes(principal, browsable)
-            if not counters.buckets and name in ROLLED_UP.get(browsable.name, ()) and scopes is not None:
+            if not counters.conditions and name in ROLLED_UP.get(browsable.name, ()) and scopes is not None:
                 # Nothing filters the rows but the access predicate: the tag counters of the scopes the
                 # caller reads (a few per tag), rather than those of every bucket.
                 n = scope_sum(scopes)
@@ -798,7 +795,7 @@ class BrowseService:
                 return by_scope, False
             # Nothing filters the rows but their buckets: the facet's own counters, by value.
             query = self._from_counters(
-                principal, browsable, _Counters(facet.name, None, counters.buckets), BrowseCount.value
+                principal, browsable, _Counters(facet.name, None, counters.conditions), BrowseCount.value
             )
         if query is not None:
             return query.having(func.sum(BrowseCount.count) > 0), False
