@@ -67,13 +67,6 @@ def posting_attributes(browsable: Browsable) -> dict[str, str | None]:
 
 
 POSTINGS = {b.name: posting_attributes(b) for b in INDEXED.values() if b.tagged}
-#: Per tagged browsable, the model attributes browse_tag_counts tells apart, with the column of each.
-TAG_COUNTED_COLUMNS = {
-    source: {
-        attribute: column for column, attribute in columns.items() if column in TAG_COUNTED and attribute
-    }
-    for source, columns in POSTINGS.items()
-}
 #: One tag change of one row: source, id, tags removed, tags added, the row's posting values now (empty
 #: for a deleted row), and whether the postings it keeps must be rewritten with them.
 TagChange = tuple[str, str, set[str], set[str], dict[str, Any], bool]

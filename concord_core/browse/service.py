@@ -58,7 +58,7 @@ from concord_core.browse.connection import (
     plan_page,
     read_page,
 )
-from concord_core.browse.indexes import BUCKET, INDEXED, POSTINGS, ROLLED_UP, TAG_COUNTED_COLUMNS, TOTAL
+from concord_core.browse.indexes import BUCKET, INDEXED, POSTINGS, ROLLED_UP, TAG_COUNTED, TOTAL
 from concord_core.browse.scopes import readable_scopes, scope_sum, search_scopes, title_search_vector
 from concord_core.browse.source import Browsable, FilterKind
 from concord_core.db.async_reads import AsyncReads
@@ -136,6 +136,48 @@ def _tsquery_of(lexemes: Sequence[str]) -> str:
 
 def _search_terms(text_query: str) -> list[str]:
     return re.findall(r"\w+", text_query.lower())[:32]
+
+
+@dataclass(frozen=True)
+class _TagRequest:
+    """A request that requires tags, in terms of tag postings: the tags every row must have (the first
+    drives), and the other filters as conditions on posting columns."""
+
+    tags: list[str]
+    equals: list[tuple[str, list[str]]]  # (posting column, the values allowed)
+    ranges: list[tuple[str, RangeFilter]]  # (posting column, the range allowed)
+
+
+def _tag_request(browsable: Browsable, request: BrowseRequest, skip: str | None) -> _TagRequest | None:
+    """``request`` (leaving out the filter named ``skip``) as a :class:`_TagRequest`, or None if it does
+    not require a tag, needs any of several (a row would have a posting for each), searches, or filters on
+    something postings do not carry."""
+    attributes = POSTINGS.get(browsable.name)
+    if attributes is None or request.search is not None:
+        return None
+    column_of = {attribute: name for name, attribute in attributes.items() if attribute is not None}
+    found = _TagRequest([], [], [])
+    for name, value in request.filters.items():
+        if name == skip:
+            continue
+        spec = browsable.filters[name]
+        if spec.kind is FilterKind.TAGS:
+            assert isinstance(value, TagFilter)
+            required = [*value.any_of, *value.all_of]
+            if len(value.any_of) > 1 or not required or any(_storable([tag]) != [tag] for tag in required):
+                return None
+            found.tags.extend(dict.fromkeys(required))
+            continue
+        posting_column = column_of.get(spec.attribute or "")
+        if posting_column is None:
+            return None
+        if spec.kind is FilterKind.RANGE:
+            assert isinstance(value, RangeFilter)
+            found.ranges.append((posting_column, value))
+        else:
+            assert not isinstance(value, TagFilter | RangeFilter)
+            found.equals.append((posting_column, _storable(value)))
+    return found if found.tags else None
 
 
 @dataclass
@@ -372,33 +414,20 @@ class BrowseService:
         (leaving out the filter named ``skip``): those of the one tag it requires, in the buckets the access
         predicate and the bucket filters allow, with the tier, type and status it allows. None if the
         request does not require exactly one tag, searches, or filters on anything else."""
-        columns = TAG_COUNTED_COLUMNS.get(browsable.name)
-        if columns is None or request.search is not None or INDEXED.get(browsable.model) is not browsable:
-            return None
-        tag: str | None = None
-        conditions: list[ColumnElement[bool]] = []
-        for name, value in request.filters.items():
-            if name == skip:
-                continue
-            spec = browsable.filters[name]
-            if spec.kind is FilterKind.TAGS:
-                assert isinstance(value, TagFilter)
-                required = {*value.any_of, *value.all_of}
-                if len(required) != 1 or len(value.any_of) > 1 or _storable(list(required)) != list(required):
-                    return None
-                (tag,) = required
-            elif spec.kind is FilterKind.EQUALS and spec.attribute in columns:
-                assert not isinstance(value, TagFilter | RangeFilter)
-                conditions.append(getattr(BrowseTagCount, columns[spec.attribute]).in_(_storable(value)))
-            else:
-                return None
-        if tag is None:
+        found = _tag_request(browsable, request, skip)
+        if (
+            found is None
+            or len(found.tags) != 1
+            or found.ranges
+            or INDEXED.get(browsable.model) is not browsable
+            or any(name not in TAG_COUNTED for name, _values in found.equals)
+        ):
             return None
         return [
             BrowseTagCount.source == browsable.name,
-            BrowseTagCount.tag == tag,
+            BrowseTagCount.tag == found.tags[0],
             browsable.access(principal, BrowseTagCount),
-            *conditions,
+            *(getattr(BrowseTagCount, name).in_(values) for name, values in found.equals),
         ]
 
     def _postings(
@@ -409,50 +438,27 @@ class BrowseService:
         access predicate and every other filter by the columns a posting carries. None if the request
         does not require a tag, needs any of several (a row would have a posting for each), searches, or
         filters on something postings do not carry."""
-        attributes = POSTINGS.get(browsable.name)
-        if attributes is None or request.search is not None or browsable.access is not readable_filter:
+        found = _tag_request(browsable, request, skip)
+        if found is None or browsable.access is not readable_filter:
             return None
-        column_of = {attribute: name for name, attribute in attributes.items() if attribute is not None}
-        driving: str | None = None
         conditions: list[ColumnElement[bool]] = []
-        for name, value in request.filters.items():
-            if name == skip:
-                continue
-            spec = browsable.filters[name]
-            if spec.kind is FilterKind.TAGS:
-                assert isinstance(value, TagFilter)
-                if len(value.any_of) > 1:
-                    return None
-                required = [*value.any_of, *value.all_of]
-                if not required or any(_storable([tag]) != [tag] for tag in required):
-                    return None
-                driving = required[0]
-                for tag in dict.fromkeys(required[1:]):
-                    also = aliased(EntityTag)
-                    conditions.append(
-                        EntityTag.entity_id.in_(
-                            select(also.entity_id).where(also.source == browsable.name, also.tag == tag)
-                        )
-                    )
-                continue
-            column_name = column_of.get(spec.attribute or "")
-            if column_name is None:
-                return None
-            posting_column = getattr(EntityTag, column_name)
-            if spec.kind is FilterKind.RANGE:
-                assert isinstance(value, RangeFilter)
-                if value.start is not None:
-                    conditions.append(posting_column >= value.start)
-                if value.end is not None:
-                    conditions.append(posting_column < value.end)
-            else:
-                assert not isinstance(value, TagFilter | RangeFilter)
-                conditions.append(posting_column.in_(_storable(value)))
-        if driving is None:
-            return None
+        for tag in found.tags[1:]:
+            also = aliased(EntityTag)
+            conditions.append(
+                EntityTag.entity_id.in_(
+                    select(also.entity_id).where(also.source == browsable.name, also.tag == tag)
+                )
+            )
+        for name, values in found.equals:
+            conditions.append(getattr(EntityTag, name).in_(values))
+        for name, within in found.ranges:
+            if within.start is not None:
+                conditions.append(getattr(EntityTag, name) >= within.start)
+            if within.end is not None:
+                conditions.append(getattr(EntityTag, name) < within.end)
         return [
             EntityTag.source == browsable.name,
-            EntityTag.tag == driving,
+            EntityTag.tag == found.tags[0],
             browsable.access(principal, EntityTag),
             *conditions,
         ]
@@ -799,20 +805,21 @@ class BrowseService:
             )
         if query is not None:
             return query.having(func.sum(BrowseCount.count) > 0), False
+        carried = {a: c for c, a in POSTINGS.get(browsable.name, {}).items() if a is not None}
+        posting_column = carried.get(facet.attribute or "")
         tag_counts = self._tag_counts(principal, browsable, request, skip=name)
-        if tag_counts is not None and facet.attribute in TAG_COUNTED_COLUMNS.get(browsable.name, {}):
+        if tag_counts is not None and posting_column in TAG_COUNTED:
             # One tag's postings counted ahead by this facet's column (and the others filtered on).
-            group = getattr(BrowseTagCount, TAG_COUNTED_COLUMNS[browsable.name][facet.attribute])
+            group = getattr(BrowseTagCount, posting_column)
             n = func.sum(BrowseTagCount.count)
             by_tag: AnySelect = (
                 select(group.label("value"), n.label("n")).where(*tag_counts).group_by(group).having(n > 0)
             )
             return by_tag, False
         postings = self._postings(principal, browsable, request, skip=name)
-        carried = {a: c for c, a in POSTINGS.get(browsable.name, {}).items() if a is not None}
-        if postings is not None and facet.attribute in carried:
+        if postings is not None and posting_column is not None:
             # Counted over one tag's postings, which carry the facet's value: no row is visited.
-            value = getattr(EntityTag, carried[facet.attribute])
+            value = getattr(EntityTag, posting_column)
             counted = select(value.label("value"), func.count().label("n")).where(*postings).group_by(value)
             return counted, True
         base, _rank = self._query(principal, browsable, request, skip=name)
