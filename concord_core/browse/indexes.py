@@ -111,11 +111,22 @@ def _postings(browsable: Browsable, obj: Any, *, old: bool) -> dict[str, Any]:
     }
 
 
+def indexed_attributes(browsable: Browsable) -> list[str]:
+    """The model attributes the indexes of ``browsable`` read: its buckets, counted facets and, if tagged,
+    what its postings copy."""
+    attributes = [*BUCKET, *(f.attribute for f in browsable.counted_facets if f.attribute is not None)]
+    attributes += filter(None, POSTINGS.get(browsable.name, {}).values())
+    return list(dict.fromkeys(attributes))
+
+
+INDEXED_ATTRIBUTES = {b.name: indexed_attributes(b) for b in INDEXED.values()}
+
+
 def _apply_defaults(browsable: Browsable, obj: Any) -> None:
     """A row added to the session gets its column defaults when it is inserted, after this hook: apply the
-    Python-side ones its postings copy now (what the INSERT would have applied)."""
+    Python-side ones the indexes read now (what the INSERT would have applied), before they are read."""
     table = browsable.model.__table__  # type: ignore[attr-defined]
-    for attribute in filter(None, POSTINGS[browsable.name].values()):
+    for attribute in INDEXED_ATTRIBUTES[browsable.name]:
         default = table.c[browsable.column(attribute).key].default
         if getattr(obj, attribute) is None and default is not None:
             setattr(obj, attribute, default.arg(None) if default.is_callable else default.arg)
@@ -135,11 +146,11 @@ def _maintain(session: Session, _flush: UOWTransaction, _instances: Iterable[Any
         if browsable is not None:
             if obj.id is None:  # the column default, applied now so the tag rows can name the row
                 obj.id = new_id()
+            _apply_defaults(browsable, obj)
             keys, tag_keys, tags = _keys(browsable, obj, old=False)
             deltas.update(keys)
             tag_deltas.update(tag_keys)
             if tags:
-                _apply_defaults(browsable, obj)
                 tag_changes.append(
                     (browsable.name, obj.id, set(), tags, _postings(browsable, obj, old=False), False)
                 )
