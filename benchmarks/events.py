@@ -9,9 +9,14 @@ Threads of one Python process share its GIL (about 0.5 ms of CPU per append), so
 database does with concurrent appends; ``--processes N`` adds a run of N appends from N client processes
 (each one client, its own connection pool), printing the client and server-backend CPU per append too.
 
+``--ceiling`` (PostgreSQL, with ``--processes``) adds two runs from the same number of processes that show
+what the machine allows, so the append rate can be read against them when its speed moves: the same
+append and seal statements sent on a bare psycopg connection (no SQLAlchemy, no session: the protocol's own
+cost), and one-row INSERT + COMMIT transactions (no chain at all: what the commits alone allow).
+
     .venv/bin/python benchmarks/events.py                      # both databases, 3000 appends
     .venv/bin/python benchmarks/events.py --backend postgres -n 10000 --threads 8
-    .venv/bin/python benchmarks/events.py --backend postgres -n 4000 --processes 4
+    .venv/bin/python benchmarks/events.py --backend postgres -n 4000 --processes 4 --ceiling
     CONCORD_BENCH_POSTGRES_URL=postgresql://user:pw@host/postgres .venv/bin/python benchmarks/events.py
 
 Target (issue 2): at least 2,000 serialized appends per second on PostgreSQL on a 2-core machine.
@@ -34,26 +39,64 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psycopg
+from sqlalchemy.engine import make_url
+
 from benchmarks.common import DEFAULT_POSTGRES_URL, cpu_seconds, header, percentile, postgres_database
 from concord_core.db.engine import Database
 from concord_core.db.migrate import upgrade
+from concord_core.db.types import utcnow
+from concord_core.events import log
 from concord_core.events.log import append_event, verify_chain
 
 TARGET_POSTGRES = 2000.0
 
 
+def event(client: int, n: int) -> dict[str, Any]:
+    """The ``n``th event of ``client``: what :func:`append_event` takes."""
+    return {
+        "event_type": "BENCH_EVENT_APPENDED",
+        "entity_type": "bench",
+        "entity_id": f"client-{client}",
+        "payload": {"n": n, "client": client, "note": "a payload of typical size " * 4},
+        "workspace_id": None,
+        "actor_id": None,
+        "request_id": f"bench-{client}-{n}",
+    }
+
+
 def append_one(db: Database, client: int, n: int) -> None:
     with db.write() as session:
-        append_event(
-            session,
-            event_type="BENCH_EVENT_APPENDED",
-            entity_type="bench",
-            entity_id=f"client-{client}",
-            payload={"n": n, "client": client, "note": "a payload of typical size " * 4},
-            workspace_id=None,
-            actor_id=None,
-            request_id=f"bench-{client}-{n}",
-        )
+        append_event(session, **event(client, n))
+
+
+def append_on_driver(connection: psycopg.Connection[Any], client: int, n: int) -> None:
+    """What :func:`append_one` sends, on a bare psycopg connection: the append statement and COMMIT, then,
+    for an event staged in the outbox, the seal in autocommit (as ``Database.write`` runs it)."""
+    params = log._append_parameters({**event(client, n), "created_at": utcnow()})
+    (_seq, staged) = connection.execute(log._APPEND_OR_STAGE, params).fetchone() or (None, None)
+    connection.commit()
+    if staged is not None:
+        connection.autocommit = True
+        connection.execute(log._SEAL, [[staged]]).fetchone()
+        connection.autocommit = False
+
+
+def commit_on_driver(connection: psycopg.Connection[Any], client: int, n: int) -> None:
+    """A one-row INSERT of an event-sized row and COMMIT, on a bare psycopg connection: no chain."""
+    connection.execute(
+        "INSERT INTO bench_commits (client, n, body) VALUES (%s, %s, %s)",
+        [client, n, log.canonical_json(event(client, n))],
+    )
+    connection.commit()
+
+
+#: What a client process of a ``--processes`` run does per append, by the run's name.
+CLIENTS = {
+    "concord": "Concord: Database.write() + append_event",
+    "driver": "the same statements on the bare driver",
+    "commit": "one-row INSERT + COMMIT, no chain",
+}
 
 
 def run(db: Database, total: int, clients: int) -> tuple[float, list[float]]:
@@ -86,24 +129,41 @@ def run(db: Database, total: int, clients: int) -> tuple[float, list[float]]:
     return elapsed, [value for per_client in latencies for value in per_client]
 
 
-def client_process(url: str, index: int, count: int, start: Any, results: Any) -> None:
-    """One client process: ``count`` appends after ``start`` (a barrier); puts (latencies, own CPU
-    seconds, CPU seconds of its database backend) on ``results``, or the error it met."""
+def client_process(url: str, kind: str, index: int, count: int, start: Any, results: Any) -> None:
+    """One client process of kind ``kind`` (:data:`CLIENTS`): ``count`` appends after ``start`` (a
+    barrier); puts (latencies, own CPU seconds, CPU seconds of its database backend) on ``results``, or the
+    error it met."""
     db = Database(url)
+    connection = None
     try:
-        append_one(db, index, -1)  # warm up, and fix the pool's connection
-        backend = _backend_pid(db)
+        if kind == "concord":
+            append_one(db, index, -1)  # warm up, and fix the pool's connection
+            backend = _backend_pid(db)
+
+            def one(n: int) -> None:
+                append_one(db, index, n)
+        else:
+            dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+            connection = psycopg.connect(dsn)
+            backend = connection.info.backend_pid
+            on_driver = append_on_driver if kind == "driver" else commit_on_driver
+
+            def one(n: int) -> None:
+                on_driver(connection, index, n)
+
+            one(-1)  # warm up
         backend_began = cpu_seconds(backend) if backend else None
         start.wait()
         began_cpu = time.process_time()
         latencies = []
         for n in range(count):
             began = time.perf_counter()
-            append_one(db, index, n)
+            one(n)
             latencies.append(time.perf_counter() - began)
         cpu = time.process_time() - began_cpu
         backend_cpu = None
-        if backend and backend_began is not None and _backend_pid(db) == backend:
+        same_backend = connection is not None or _backend_pid(db) == backend
+        if backend and backend_began is not None and same_backend:
             backend_now = cpu_seconds(backend)
             backend_cpu = None if backend_now is None else backend_now - backend_began
         results.put((latencies, cpu, backend_cpu))
@@ -111,6 +171,8 @@ def client_process(url: str, index: int, count: int, start: Any, results: Any) -
         results.put(repr(exc))
         raise
     finally:
+        if connection is not None:
+            connection.close()
         db.dispose()
 
 
@@ -143,15 +205,15 @@ class ProcessRun:
     backend_cpu: float | None
 
 
-def run_processes(url: str, total: int, processes: int) -> ProcessRun:
-    """``total`` appends spread over ``processes`` client processes (spawned: no state shared with this
-    one), timed from a common start."""
+def run_processes(url: str, total: int, processes: int, kind: str = "concord") -> ProcessRun:
+    """``total`` appends spread over ``processes`` client processes of kind ``kind`` (spawned: no state
+    shared with this one), timed from a common start."""
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(processes + 1)
     results = context.Queue()
     shares = [total // processes + (1 if i < total % processes else 0) for i in range(processes)]
     children = [
-        context.Process(target=client_process, args=(url, i, shares[i], start, results))
+        context.Process(target=client_process, args=(url, kind, i, shares[i], start, results))
         for i in range(processes)
     ]
     for child in children:
@@ -213,7 +275,10 @@ def commit_floor(db: Database, total: int) -> float:
     return total / elapsed
 
 
-def bench(backend: str, postgres_url: str, total: int, threads: int, processes: int) -> dict[str, float]:
+def bench(
+    backend: str, postgres_url: str, total: int, threads: int, processes: int, ceiling: bool
+) -> dict[str, float]:
+    """Runs and prints; returns the append rates of Concord's own runs (not the ceiling's) by run."""
     rates: dict[str, float] = {}
     with database(backend, postgres_url) as db:
         upgrade(db)
@@ -235,19 +300,8 @@ def bench(backend: str, postgres_url: str, total: int, threads: int, processes: 
             db.engine.dispose()  # the pool's idle backends exit, reporting their table statistics now
             counted = append_paths(db) if backend == "postgres" else None
             result = run_processes(db.url, total, processes)
-            rate = total / result.seconds
-            rates[f"{processes} processes"] = rate
-            server = (
-                f", server backends {result.backend_cpu / total * 1e6:4.0f} µs"
-                if result.backend_cpu is not None
-                else ""
-            )
-            print(
-                f"{backend:<9} {processes:>2} processes {total:>6} appends in {result.seconds:6.2f} s = "
-                f"{rate:8.0f}/s   p50 {percentile(result.latencies, 0.5) * 1000:6.2f} ms  "
-                f"p95 {percentile(result.latencies, 0.95) * 1000:6.2f} ms   "
-                f"CPU per append: clients {result.client_cpu / total * 1e6:4.0f} µs{server}"
-            )
+            rates[f"{processes} processes"] = total / result.seconds
+            print_process_run(backend, "appends", total, processes, result)
             if counted is not None:
                 appended, staged, head_moves = (
                     after - before for after, before in zip(append_paths(db), counted, strict=True)
@@ -258,11 +312,50 @@ def bench(backend: str, postgres_url: str, total: int, threads: int, processes: 
                     f"seals ({staged / max(seals, 1):.1f} events per seal)"
                 )
             sys.stdout.flush()
+            if ceiling and backend == "postgres":
+                run_ceiling(db, total, processes, total / result.seconds)
         with db.read() as session:
             report = verify_chain(session)
         state = "intact" if report.ok else f"BROKEN at {report.broken_at}"
         print(f"{backend:<9} chain after the run: {state}, {report.checked} events")
     return rates
+
+
+def print_process_run(backend: str, what: str, total: int, processes: int, result: ProcessRun) -> None:
+    server = (
+        f", server backends {result.backend_cpu / total * 1e6:4.0f} µs"
+        if result.backend_cpu is not None
+        else ""
+    )
+    print(
+        f"{backend:<9} {processes:>2} processes {total:>6} {what} in {result.seconds:6.2f} s = "
+        f"{total / result.seconds:8.0f}/s   p50 {percentile(result.latencies, 0.5) * 1000:6.2f} ms  "
+        f"p95 {percentile(result.latencies, 0.95) * 1000:6.2f} ms   "
+        f"CPU per {what[:-1]}: clients {result.client_cpu / total * 1e6:4.0f} µs{server}"
+    )
+    sys.stdout.flush()
+
+
+def run_ceiling(db: Database, total: int, processes: int, concord_rate: float) -> None:
+    """The two runs of ``--ceiling`` (module docstring), right after Concord's, and how Concord's rate
+    compares with each."""
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE bench_commits (client INTEGER, n INTEGER, body TEXT)")
+    try:
+        ceilings = {}
+        for kind, what in (("driver", "appends"), ("commit", "commits")):
+            print(f"postgres     ceiling, {CLIENTS[kind]}:")
+            result = run_processes(db.url, total, processes, kind)
+            print_process_run("postgres", what, total, processes, result)
+            ceilings[kind] = total / result.seconds
+    finally:
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE bench_commits")
+    print(
+        f"postgres     Concord's appends: {concord_rate / ceilings['driver']:.0%} of the bare driver's, "
+        f"{concord_rate / ceilings['commit']:.0%} of bare commits; the bare driver's appends: "
+        f"{ceilings['driver'] / ceilings['commit']:.0%} of bare commits"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also run the appends from this many client processes, one client each (default: no such run)",
     )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="with --processes, on PostgreSQL: also run the append on the bare driver and bare commits "
+        "from as many processes (see above)",
+    )
     parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
     parser.add_argument(
         "--postgres-url",
@@ -288,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     header("event appends: one committed transaction per append")
     backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
     for backend in backends:
-        rates = bench(backend, args.postgres_url, args.appends, args.threads, args.processes)
+        rates = bench(backend, args.postgres_url, args.appends, args.threads, args.processes, args.ceiling)
         if backend == "postgres":
             best = max(rates, key=lambda run: rates[run])
             verdict = "meets" if rates[best] >= TARGET_POSTGRES else "MISSES"

@@ -295,17 +295,23 @@ _STAGE = """
 """
 
 
-def _append_postgres(session: Session, connection: Connection, values: dict[str, Any]) -> int | None:
+def _append_parameters(values: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of ``_APPEND_OR_STAGE`` and ``_STAGE`` for an event's ``values`` (the columns)."""
     prefix, suffix = _hashed_body(**values)
-    params = {
+    return {
         **values,
         "payload": canonical_json(values["payload"]),
         "before": f":{prefix}".encode(),
         "after": suffix.encode(),
+        "key": CHAIN_LOCK,
     }
+
+
+def _append_postgres(session: Session, connection: Connection, values: dict[str, Any]) -> int | None:
+    params = _append_parameters(values)
     ids = _staged_ids(session)
     if ids is None:
-        seq, staged = _fetch(connection, _APPEND_OR_STAGE, {**params, "key": CHAIN_LOCK})
+        seq, staged = _fetch(connection, _APPEND_OR_STAGE, params)
         if staged is None:
             return int(seq)
         ids = []
@@ -333,10 +339,14 @@ def _staged_ids(session: Session) -> list[int] | None:
     return None
 
 
+#: Seal the committed outbox rows, or nothing if none of the given ids is left (see migration 0007).
+_SEAL = "SELECT concord_seal_events(%s::bigint[])"
+
+
 def _seal(db: Database, staged: list[int] | None) -> int:
     # A transaction of its own (autocommit): this runs after every staged write.
     with db.autocommit_statement() as connection:
-        row = connection.execute("SELECT concord_seal_events(%s::bigint[])", [staged]).fetchone()
+        row = connection.execute(_SEAL, [staged]).fetchone()
     return int(row[0]) if row else 0
 
 
