@@ -1,4 +1,5 @@
-"""The ``concord`` command: serve, migrate, inspect the database, verify the event log, replay."""
+"""The ``concord`` command: serve, migrate, inspect the database, verify the event log, replay, back up
+and restore."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from concord_core.backup.layout import BackupError
 from concord_core.cli.jobs import add_job_commands
 from concord_core.db.engine import Database
 from concord_core.settings import AuthMode, Settings, SettingsError, load_settings
@@ -193,6 +195,110 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+def _backup_path(given: str, settings: Settings) -> Path:
+    """A backup named on the command line: a path, or the name of one in the backup directory."""
+    path = Path(given)
+    if not path.exists() and not path.is_absolute() and len(path.parts) == 1:
+        return settings.resolved_backup_dir / given
+    return path
+
+
+def cmd_backup_create(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.backup import create_backup
+    from concord_core.storage import open_store
+
+    directory = Path(args.dir) if args.dir else settings.resolved_backup_dir
+    db = _database(settings)
+    try:
+        created = create_backup(db, open_store(settings), directory)
+    finally:
+        db.dispose()
+    manifest = created.manifest
+    rows = sum(table.rows for table in manifest.tables)
+    print(f"backup {created.path}")
+    print(
+        f"  {rows} rows in {len(manifest.tables)} tables at schema {manifest.revision}, "
+        f"event log at {manifest.event_seq}"
+    )
+    print(
+        f"  {manifest.blobs} blobs, {manifest.blob_bytes} bytes ({created.blobs_copied} copied, "
+        f"{created.blobs_linked} linked from the previous backup) in {created.seconds:.1f} s"
+    )
+    return 0
+
+
+def cmd_backup_list(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.backup import BackupError, backups_in
+    from concord_core.backup.layout import read_manifest
+
+    directory = Path(args.dir) if args.dir else settings.resolved_backup_dir
+    backups = backups_in(directory)
+    if not backups:
+        print(f"no backups in {directory}")
+    for backup in backups:
+        try:
+            manifest = read_manifest(backup)
+        except BackupError as exc:
+            print(f"{backup.name}  UNREADABLE: {exc}")
+            continue
+        rows = sum(table.rows for table in manifest.tables)
+        print(
+            f"{backup.name}  {manifest.backend:<10} schema {manifest.revision}  {rows} rows  "
+            f"{manifest.blobs} blobs ({manifest.blob_bytes} bytes)  events to {manifest.event_seq}"
+        )
+    return 0
+
+
+def cmd_backup_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.backup import verify
+
+    path = _backup_path(args.backup, settings)
+    if not path.is_dir():
+        raise BackupError(f"no backup at {path}")
+    try:
+        verified = verify(path)
+    except BackupError as exc:
+        print(f"backup DAMAGED: {exc}")
+        return 1
+    print(f"backup intact: {verified.rows} rows, {verified.blobs} blobs ({verified.blob_bytes} bytes)")
+    return 0
+
+
+def cmd_backup_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.backup import restore_backup
+    from concord_core.storage import open_store
+
+    db = _database(settings)
+    try:
+        restored = restore_backup(_backup_path(args.backup, settings), db, open_store(settings))
+    finally:
+        db.dispose()
+    print(
+        f"restored {restored.rows} rows (schema {restored.manifest.revision}, taken "
+        f"{restored.manifest.created_at.isoformat()} on {restored.manifest.backend}); blobs: "
+        f"{restored.blobs_stored} stored, {restored.blobs_present} already there"
+    )
+    for problem in restored.problems:
+        print(f"CHECK FAILED: {problem}")
+    if restored.ok:
+        print("checked: the event log's chain, a replay of it against the tables, the browse indexes")
+        return 0
+    return 1
+
+
+def cmd_backup_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from concord_core.backup import Policy, prune
+
+    directory = Path(args.dir) if args.dir else settings.resolved_backup_dir
+    policy = Policy(daily=args.keep_daily, weekly=args.keep_weekly, monthly=args.keep_monthly)
+    pruned = prune(directory, policy, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path in pruned.removed:
+        print(f"{verb} {path.name}")
+    print(f"kept {len(pruned.kept)} backups, {verb} {len(pruned.removed)}")
+    return 0
+
+
 def cmd_lens_validate(args: argparse.Namespace, settings: Settings) -> int:
     from concord_core.api.gql.schema import KERNEL
     from concord_core.plugins.manifest import manifest_path, validate_manifest_files
@@ -322,6 +428,38 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--verify", action="store_true", help="compare the rebuilt state with the tables")
     replay.set_defaults(func=cmd_replay)
 
+    backup = commands.add_parser(
+        "backup", help="back up the database and the object store, and restore them"
+    ).add_subparsers(dest="backup_command", required=True)
+    where = "the backup directory (default CONCORD_BACKUP_DIR)"
+    create = backup.add_parser("create", help="take a backup of the database and every blob it refers to")
+    create.add_argument("--dir", help=where)
+    create.set_defaults(func=cmd_backup_create)
+    listing = backup.add_parser("list", help="the backups in the backup directory, oldest first")
+    listing.add_argument("--dir", help=where)
+    listing.set_defaults(func=cmd_backup_list)
+    verifying = backup.add_parser(
+        "verify", help="check a backup's files against their hashes (exit 1 if damaged)"
+    )
+    verifying.add_argument("backup", help="a backup's directory, or its name in the backup directory")
+    verifying.set_defaults(func=cmd_backup_verify)
+    restore = backup.add_parser(
+        "restore", help="restore a backup into a new, empty database and the configured object store"
+    )
+    restore.add_argument("backup", help="a backup's directory, or its name in the backup directory")
+    restore.set_defaults(func=cmd_backup_restore)
+    pruning = backup.add_parser("prune", help="remove the backups the retention policy does not keep")
+    pruning.add_argument("--dir", help=where)
+    for period, default in (("daily", 7), ("weekly", 4), ("monthly", 6)):
+        pruning.add_argument(
+            f"--keep-{period}",
+            type=int,
+            default=default,
+            help=f"keep the newest backup of each of this many {period} periods (default {default})",
+        )
+    pruning.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    pruning.set_defaults(func=cmd_backup_prune)
+
     lens = commands.add_parser("lens", help="lenses (plugins)").add_subparsers(
         dest="lens_command", required=True
     )
@@ -370,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args, settings)
-    except NotMigrated as exc:
+    except (NotMigrated, BackupError) as exc:
         print(f"concord: {exc}", file=sys.stderr)
         return 2
 

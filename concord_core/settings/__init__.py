@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     storage_url: str = Field(
         "", description="Object store: a local directory (path or file://) or s3://bucket/prefix."
     )
+    backup_dir: Path | None = Field(
+        None, description="Where `concord backup` keeps backups; unset means data_dir/backups."
+    )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://minio:9000.")
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
@@ -153,6 +156,10 @@ class Settings(BaseSettings):
         if self.storage_url:
             return self.storage_url
         return str((self.data_dir / "objects").resolve())
+
+    @property
+    def resolved_backup_dir(self) -> Path:
+        return (self.backup_dir or self.data_dir / "backups").resolve()
 
     @property
     def is_sqlite(self) -> bool:
