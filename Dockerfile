@@ -24,9 +24,12 @@ ENV PATH=/opt/concord/bin:$PATH \
     CONCORD_HOST=0.0.0.0 \
     CONCORD_PORT=8000 \
     CONCORD_DATA_DIR=/var/lib/concord
+# backups/ exists in the image, owned by concord, so a volume mounted there (docker-compose.yml) is
+# writable by `concord backup create`.
 RUN groupadd --system --gid 10001 concord \
     && useradd --system --uid 10001 --gid concord --home-dir /var/lib/concord --create-home \
-        --shell /usr/sbin/nologin concord
+        --shell /usr/sbin/nologin concord \
+    && install -d -o concord -g concord /var/lib/concord/backups
 COPY --from=build /opt/concord /opt/concord
 USER concord
 WORKDIR /var/lib/concord

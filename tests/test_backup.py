@@ -7,9 +7,13 @@ newest backup of each of the last days, weeks and months."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +39,9 @@ from concord_core.db.engine import Database
 from concord_core.db.migrate import status
 from concord_core.db.models import Base, Job, Workspace
 from concord_core.settings import Settings
-from concord_core.storage import open_store
+from concord_core.storage import LocalStore, open_store
+
+CONCORD = str(Path(sys.executable).with_name("concord"))
 
 SQL_NULL = "(SQL NULL)"
 AUDIO = bytes(range(256)) * 300 + b"\x00\xff the end"
@@ -412,3 +418,71 @@ def test_prune_removes_what_the_policy_does_not_keep_and_dead_partial_backups(
         "0",
     )
     assert (code, "would remove every backup" in printed) == (2, True), printed
+
+
+def test_a_backup_killed_half_way_leaves_no_backup_and_the_next_one_is_whole(
+    runtime: Runtime,
+    client: TestClient,
+    gql: GraphQL,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    populate(gql, client)
+    settings = runtime.settings
+    store = open_store(settings)
+    assert isinstance(store, LocalStore)
+    # One blob becomes a FIFO: the backup process blocks reading it, after it wrote every table: a
+    # known moment in the middle of a backup at which to kill it.
+    blob = store.path_for(stored_blobs(settings)[0])
+    kept = blob.with_name("kept-aside")
+    blob.rename(kept)
+    os.mkfifo(blob)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CONCORD_")}
+    env.update(
+        CONCORD_DATA_DIR=str(settings.data_dir),
+        CONCORD_DATABASE_URL=settings.resolved_database_url,
+        CONCORD_STORAGE_URL=settings.resolved_storage_url,
+    )
+    process = subprocess.Popen([CONCORD, "backup", "create"], env=env, stderr=subprocess.PIPE)
+    writer = None
+    try:
+        deadline = time.monotonic() + 60
+        while writer is None:  # a writer can open the FIFO once the backup opened it to read
+            try:
+                writer = os.open(blob, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                assert exc.errno == errno.ENXIO, exc
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert time.monotonic() < deadline, "the backup never reached the blob"
+                time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)  # while it waits for the blob's first bytes
+        assert process.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if writer is not None:
+            os.close(writer)
+    blob.unlink()
+    kept.rename(blob)
+
+    directory = settings.resolved_backup_dir
+    (partial,) = [path for path in directory.iterdir() if path.name.startswith(PARTIAL_PREFIX)]
+    assert (partial / "tables" / "dtus.jsonl.gz").exists() and not (partial / "manifest.json").exists()
+    assert backups_in(directory) == []
+    code, printed = concord(monkeypatch, capsys, settings, "backup", "list")
+    assert (code, "no backups in" in printed) == (0, True), printed
+    code, printed = concord(monkeypatch, capsys, settings, "backup", "restore", str(partial))
+    assert (code, "is not a backup" in printed) == (2, True), printed
+
+    code, printed = concord(monkeypatch, capsys, settings, "backup", "create")
+    assert (code, "3 copied, 0 linked" in printed) == (0, True), printed
+    (backup,) = backups_in(directory)
+    assert concord(monkeypatch, capsys, settings, "backup", "verify", backup.name)[0] == 0
+    # prune takes the dead backup's directory once nothing has touched it for a while.
+    assert concord(monkeypatch, capsys, settings, "backup", "prune")[0] == 0
+    assert partial.exists()
+    old = time.time() - 7 * 3600
+    os.utime(partial, (old, old))
+    code, printed = concord(monkeypatch, capsys, settings, "backup", "prune")
+    assert (code, f"removed {partial.name}" in printed) == (0, True), printed
+    assert not partial.exists() and backups_in(directory) == [backup]

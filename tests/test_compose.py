@@ -11,7 +11,7 @@ import fnmatch
 import json
 import re
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
@@ -341,6 +341,24 @@ def test_api_port_and_healthcheck_agree(services: dict[str, dict[str, Any]]) -> 
     assert f"{port}:{port}" in api["ports"]
     probe = " ".join(api["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port}/healthz" in probe
+
+
+def test_api_keeps_backups_on_a_named_volume_it_can_write(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    image_env = " ".join(arguments for keyword, arguments in dockerfile_instructions() if keyword == "ENV")
+    data_dir = re.search(r"\bCONCORD_DATA_DIR=(\S+)", image_env)
+    assert data_dir, "the image sets CONCORD_DATA_DIR"
+    api = concord_settings(services["api"])
+    backup_dir = str(api.backup_dir or PurePosixPath(data_dir.group(1)) / "backups")
+    mounts = dict(volume.split(":", 1)[::-1] for volume in services["api"].get("volumes") or [])
+    assert mounts.get(backup_dir) in set(compose.get("volumes") or {}), f"no named volume at {backup_dir}"
+    # A named volume takes the ownership of the image's directory: it must exist there, owned by the user.
+    user = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "USER"][-1]
+    assert any(
+        keyword == "RUN" and f"install -d -o {user} -g {user} {backup_dir}" in arguments
+        for keyword, arguments in dockerfile_instructions()
+    )
 
 
 # --- Dockerfile --------------------------------------------------------------------------------------
