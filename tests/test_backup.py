@@ -329,6 +329,8 @@ def test_later_backups_link_the_blobs_they_share_with_the_one_before(
     shutil.rmtree(first)
     code, printed = concord(monkeypatch, capsys, runtime.settings, "backup", "verify", second.name)
     assert code == 0, printed
+    code, printed = concord(monkeypatch, capsys, runtime.settings, "backup", "verify", first.name)
+    assert (code, f"no backup at {first}" in printed) == (2, True), printed
     code, printed = concord(monkeypatch, capsys, runtime.settings, "backup", "list")
     assert (code, printed.startswith(second.name)) == (0, True), printed
 
@@ -482,7 +484,11 @@ def test_a_backup_killed_half_way_leaves_no_backup_and_the_next_one_is_whole(
     assert concord(monkeypatch, capsys, settings, "backup", "prune")[0] == 0
     assert partial.exists()
     old = time.time() - 7 * 3600
-    os.utime(partial, (old, old))
+    os.utime(partial, (old, old))  # but blobs/ab/ was written to a moment ago: still in progress?
+    assert concord(monkeypatch, capsys, settings, "backup", "prune")[0] == 0
+    assert partial.exists()
+    for parent, _names, _files in os.walk(partial):
+        os.utime(parent, (old, old))
     code, printed = concord(monkeypatch, capsys, settings, "backup", "prune")
     assert (code, f"removed {partial.name}" in printed) == (0, True), printed
     assert not partial.exists() and backups_in(directory) == [backup]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -73,9 +74,22 @@ def prune(directory: Path, policy: Policy, *, dry_run: bool = False) -> Pruned:
         removed += sorted(
             path
             for path in directory.iterdir()
-            if path.name.startswith(PARTIAL_PREFIX) and path.is_dir() and path.stat().st_mtime < cutoff
+            if path.name.startswith(PARTIAL_PREFIX) and path.is_dir() and _last_touched(path) < cutoff
         )
     if not dry_run:
         for path in removed:
             shutil.rmtree(path)
     return Pruned(kept, removed)
+
+
+def _last_touched(partial: Path) -> float:
+    """When anything was last added to the ``.partial-`` directory of a backup: the newest modification
+    time of it and the directories in it (a backup copying blobs for hours adds files to blobs/ab/)."""
+    return max(
+        [partial.stat().st_mtime]
+        + [
+            (Path(parent) / name).stat().st_mtime
+            for parent, names, _files in os.walk(partial)
+            for name in names
+        ]
+    )

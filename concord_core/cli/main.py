@@ -199,7 +199,9 @@ def _backup_path(given: str, settings: Settings) -> Path:
     """A backup named on the command line: a path, or the name of one in the backup directory."""
     path = Path(given)
     if not path.exists() and not path.is_absolute() and len(path.parts) == 1:
-        return settings.resolved_backup_dir / given
+        path = settings.resolved_backup_dir / given
+    if not path.is_dir():
+        raise BackupError(f"no backup at {path}")
     return path
 
 
@@ -253,8 +255,6 @@ def cmd_backup_verify(args: argparse.Namespace, settings: Settings) -> int:
     from concord_core.backup import verify
 
     path = _backup_path(args.backup, settings)
-    if not path.is_dir():
-        raise BackupError(f"no backup at {path}")
     try:
         verified = verify(path)
     except BackupError as exc:
