@@ -25,8 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
@@ -34,7 +35,6 @@ from sqlalchemy import (
     LargeBinary,
     Text,
     bindparam,
-    cast,
     column,
     delete,
     func,
@@ -43,7 +43,7 @@ from sqlalchemy import (
     table,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
 from concord_core.backup.layout import (
@@ -151,11 +151,10 @@ def _put_blob(store: BlobStore, path: Path, sha256: str) -> None:
         raise BackupError(f"blob {sha256} changed in the backup while it was being restored")
 
 
-def _value(codec: str, name: str, postgres: bool) -> ColumnElement[Any]:
-    """The bound value of a column written with ``codec``."""
-    if codec == "json":  # the document's text, parsed by the database
-        parameter = bindparam(name, type_=Text())
-        return cast(parameter, JSONB) if postgres else parameter
+def _value(codec: str, name: str) -> ColumnElement[Any]:
+    """SQLite: the bound value of a column written with ``codec`` (a JSON document as its text)."""
+    if codec == "json":
+        return bindparam(name, type_=Text())
     if codec == "bytes":
         return bindparam(name, type_=LargeBinary())
     if codec == "time":
@@ -164,19 +163,41 @@ def _value(codec: str, name: str, postgres: bool) -> ColumnElement[Any]:
 
 
 def _insert_rows(connection: Connection, backup: Path, table_file: TableFile, postgres: bool) -> None:
+    """Every row of ``table_file`` into its table, inside the connection's transaction: with COPY on
+    PostgreSQL (several times faster than INSERTs), batched INSERTs on SQLite. BackupError if the
+    database refuses a row (a value one backend holds and the other cannot, say)."""
+    decoded = (
+        [decode(codec, value) for codec, value in zip(table_file.codecs, row, strict=True)]
+        for row in read_rows(backup, table_file)
+    )
+    try:
+        if postgres:
+            _copy_rows(connection, table_file, decoded)
+        else:
+            _insert_batches(connection, table_file, decoded)
+    except (DBAPIError, psycopg.Error) as exc:
+        raise BackupError(f"the database refused a row of {table_file.name}: {exc}") from None
+
+
+def _copy_rows(connection: Connection, table_file: TableFile, rows: Iterator[list[Any]]) -> None:
+    # JSON documents go as their text, which the server parses into jsonb as it would a literal.
+    columns = ", ".join(f'"{name}"' for name in table_file.columns)
+    driver = cast("psycopg.Connection[Any]", connection.connection.driver_connection)
+    with driver.cursor() as cursor, cursor.copy(f'COPY "{table_file.name}" ({columns}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _insert_batches(connection: Connection, table_file: TableFile, rows: Iterator[list[Any]]) -> None:
     keys = [f"v{index}" for index in range(len(table_file.columns))]
     target = table(table_file.name, *(column(name) for name in table_file.columns))
     statement = insert(target).values(
         {
-            name: _value(codec, key, postgres)
+            name: _value(codec, key)
             for name, codec, key in zip(table_file.columns, table_file.codecs, keys, strict=True)
         }
     )
-    rows = (
-        {key: decode(codec, value) for key, codec, value in zip(keys, table_file.codecs, row, strict=True)}
-        for row in read_rows(backup, table_file)
-    )
-    for batch in _batches(rows):
+    for batch in _batches(dict(zip(keys, row, strict=True)) for row in rows):
         connection.execute(statement, batch)
 
 
