@@ -371,54 +371,21 @@ def test_prune_removes_what_the_policy_does_not_keep_and_dead_partial_backups(
     old = time.time() - 2 * 86400
     os.utime(dead, (old, old))
 
-    code, printed = concord(
-        monkeypatch,
-        capsys,
-        settings,
-        "backup",
-        "prune",
-        "--keep-daily",
-        "3",
-        "--keep-weekly",
-        "0",
-        "--keep-monthly",
-        "0",
-        "--dry-run",
-    )
+    def prune(*policy: str) -> tuple[int, str]:
+        return concord(monkeypatch, capsys, settings, "backup", "prune", *policy)
+
+    keep_three_days = ("--keep-daily", "3", "--keep-weekly", "0", "--keep-monthly", "0")
+    code, printed = prune(*keep_three_days, "--dry-run")
     assert (code, "kept 3 backups, would remove 18" in printed) == (0, True), printed
     assert len(backups_in(directory)) == 20
 
-    code, printed = concord(
-        monkeypatch,
-        capsys,
-        settings,
-        "backup",
-        "prune",
-        "--keep-daily",
-        "3",
-        "--keep-weekly",
-        "0",
-        "--keep-monthly",
-        "0",
-    )
+    code, printed = prune(*keep_three_days)
     assert (code, "kept 3 backups, removed 18" in printed) == (0, True), printed
     assert [b.name for b in backups_in(directory)] == [
         (now - timedelta(days=days)).strftime(NAME_FORMAT) for days in (2, 1, 0)
     ]
     assert not dead.exists() and running.exists()
-    code, printed = concord(
-        monkeypatch,
-        capsys,
-        settings,
-        "backup",
-        "prune",
-        "--keep-daily",
-        "0",
-        "--keep-weekly",
-        "0",
-        "--keep-monthly",
-        "0",
-    )
+    code, printed = prune("--keep-daily", "0", "--keep-weekly", "0", "--keep-monthly", "0")
     assert (code, "would remove every backup" in printed) == (2, True), printed
 
 

@@ -40,7 +40,7 @@ from concord_core.backup.layout import (
     table_path,
 )
 from concord_core.db.engine import Database
-from concord_core.db.migrate import SchemaTooNew, status
+from concord_core.db.migrate import SchemaNotCurrent, require_current
 from concord_core.db.models import Base, EventHead
 from concord_core.db.types import utcnow
 from concord_core.events.log import seal_pending
@@ -65,13 +65,9 @@ def create_backup(db: Database, store: BlobStore, directory: Path) -> Created:
     under ``directory``. BackupError (and nothing left behind) if it cannot."""
     began = time.monotonic()
     try:
-        state = status(db)
-    except SchemaTooNew as exc:
+        state = require_current(db)
+    except SchemaNotCurrent as exc:
         raise BackupError(str(exc)) from None
-    if not state.up_to_date:
-        raise BackupError(
-            f"the database is at {state.current or 'no schema'}, not {state.head}: run `concord migrate`"
-        )
     seal_pending(db)  # events a dead process left staged go into the backup's log
     created_at = utcnow()
     name = created_at.strftime(NAME_FORMAT)

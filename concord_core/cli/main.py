@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from concord_core.backup.layout import BackupError
 from concord_core.cli.jobs import add_job_commands
 from concord_core.db.engine import Database
+from concord_core.db.migrate import SchemaNotCurrent
 from concord_core.settings import AuthMode, Settings, SettingsError, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -27,27 +28,17 @@ def _database(settings: Settings) -> Database:
     return Database(settings.resolved_database_url)
 
 
-class NotMigrated(Exception):
-    pass
-
-
 @contextmanager
 def _migrated_session(settings: Settings) -> Iterator[Session]:
     """A read session on a database at the code's schema, its event log sealed first (events a process left
-    staged when it died are part of the log that is checked); NotMigrated (a readable message) otherwise."""
-    from concord_core.db.migrate import SchemaTooNew, status
+    staged when it died are part of the log that is checked); SchemaNotCurrent (a readable message)
+    otherwise."""
+    from concord_core.db.migrate import require_current
     from concord_core.events.log import seal_pending
 
     db = _database(settings)
     try:
-        try:
-            state = status(db)
-        except SchemaTooNew as exc:
-            raise NotMigrated(str(exc)) from None
-        if not state.up_to_date:
-            raise NotMigrated(
-                f"the database is at {state.current or 'no schema'}, not {state.head}: run `concord migrate`"
-            )
+        require_current(db)
         seal_pending(db)
         with db.read() as session:
             yield session
@@ -508,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args, settings)
-    except (NotMigrated, BackupError) as exc:
+    except (SchemaNotCurrent, BackupError) as exc:
         print(f"concord: {exc}", file=sys.stderr)
         return 2
 

@@ -72,6 +72,23 @@ def status(db: Database) -> SchemaStatus:
     return SchemaStatus(current=current, head=head, pending=pending)
 
 
+class SchemaNotCurrent(Exception):
+    """The database is not at this code's schema (behind it, or migrated by a newer Concord)."""
+
+
+def require_current(db: Database) -> SchemaStatus:
+    """The database's status if it is at this code's head; SchemaNotCurrent, saying what to do, if not."""
+    try:
+        state = status(db)
+    except SchemaTooNew as exc:
+        raise SchemaNotCurrent(str(exc)) from None
+    if not state.up_to_date:
+        raise SchemaNotCurrent(
+            f"the database is at {state.current or 'no schema'}, not {state.head}: run `concord migrate`"
+        )
+    return state
+
+
 def backup_sqlite(db: Database, revision: str) -> Path | None:
     """Copy a SQLite database aside (online backup API, consistent even under WAL)."""
     path = make_url(db.url).database
