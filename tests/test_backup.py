@@ -459,3 +459,13 @@ def test_a_backup_killed_half_way_leaves_no_backup_and_the_next_one_is_whole(
     code, printed = concord(monkeypatch, capsys, settings, "backup", "prune")
     assert (code, f"removed {partial.name}" in printed) == (0, True), printed
     assert not partial.exists() and backups_in(directory) == [backup]
+
+
+def test_a_backup_directory_that_cannot_be_written_is_a_clear_error(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the backups would go")
+    code, printed = concord(monkeypatch, capsys, runtime.settings, "backup", "create", "--dir", str(blocked))
+    assert (code, f"cannot write the backup in {blocked}" in printed) == (2, True), printed
+    assert blocked.read_text() == "a file where the backups would go"

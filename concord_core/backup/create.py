@@ -75,8 +75,8 @@ def create_backup(db: Database, store: BlobStore, directory: Path) -> Created:
     if final.exists() or partial.exists():
         raise BackupError(f"{final} exists already")
     previous = backups_in(directory)
-    _make_dirs(partial / "tables")
     try:
+        _make_dirs(partial / "tables")
         tables, blobs, event_head = _write_tables(db, partial)
         copied, linked, blob_bytes = _copy_blobs(store, partial, blobs, previous[-1] if previous else None)
         manifest = Manifest(
@@ -93,8 +93,10 @@ def create_backup(db: Database, store: BlobStore, directory: Path) -> Created:
         _write_manifest(partial, manifest)
         os.rename(partial, final)
         _fsync_dir(directory)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, OSError):  # the disk filled up, a directory is not writable...
+            raise BackupError(f"cannot write the backup in {directory}: {exc}") from None
         raise
     return Created(final, manifest, copied, linked, time.monotonic() - began)
 
