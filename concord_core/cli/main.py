@@ -441,12 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     restore.set_defaults(func=cmd_backup_restore)
     pruning = backup.add_parser("prune", help="remove the backups the retention policy does not keep")
     pruning.add_argument("--dir", help=where)
-    for period, default in (("daily", 7), ("weekly", 4), ("monthly", 6)):
+    for period, default, unit in (("daily", 7, "days"), ("weekly", 4, "ISO weeks"), ("monthly", 6, "months")):
         pruning.add_argument(
             f"--keep-{period}",
             type=int,
             default=default,
-            help=f"keep the newest backup of each of this many {period} periods (default {default})",
+            metavar="N",
+            help=f"keep the newest backup of each of the last N {unit} that have one (default {default})",
         )
     pruning.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     pruning.set_defaults(func=cmd_backup_prune)
