@@ -31,9 +31,10 @@ from test_dtus import EXPORT, PUBLISH, create, edit, key_of
 from concord_core.api.app import create_app
 from concord_core.api.gql.schema import load_lenses
 from concord_core.api.runtime import Runtime
-from concord_core.backup import Policy, backups_in, restore_backup, to_keep
 from concord_core.backup import restore as restore_module
-from concord_core.backup.layout import NAME_FORMAT, PARTIAL_PREFIX, blob_path
+from concord_core.backup.layout import NAME_FORMAT, PARTIAL_PREFIX, backups_in, blob_path
+from concord_core.backup.restore import restore_backup
+from concord_core.backup.retention import Policy, to_keep
 from concord_core.cli.main import main
 from concord_core.db.engine import Database
 from concord_core.db.migrate import status

@@ -32,7 +32,6 @@ from typing import Any
 from sqlalchemy import JSON, Column, LargeBinary
 
 from concord_core.db.types import UtcDateTime
-from concord_core.storage.blob import is_sha256
 
 FORMAT = "concord-backup"
 FORMAT_VERSION = 1
@@ -230,6 +229,8 @@ def read_rows(backup: Path, table: TableFile) -> Iterator[list[Any]]:
 
 def blob_hashes(backup: Path, manifest: Manifest) -> Iterator[str]:
     """Every distinct blob the backup's artifact versions refer to, in the order first referred to."""
+    from concord_core.storage.blob import is_sha256  # here: the storage package loads the S3 client
+
     table = manifest.table(BLOB_TABLE)
     column = table.columns.index(BLOB_COLUMN)
     seen: set[str] = set()

@@ -196,11 +196,15 @@ def _backup_path(given: str, settings: Settings) -> Path:
     return path
 
 
+def _backup_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    return Path(args.dir) if args.dir else settings.resolved_backup_dir
+
+
 def cmd_backup_create(args: argparse.Namespace, settings: Settings) -> int:
-    from concord_core.backup import create_backup
+    from concord_core.backup.create import create_backup
     from concord_core.storage import open_store
 
-    directory = Path(args.dir) if args.dir else settings.resolved_backup_dir
+    directory = _backup_dir(args, settings)
     db = _database(settings)
     try:
         created = create_backup(db, open_store(settings), directory)
@@ -221,10 +225,9 @@ def cmd_backup_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backup_list(args: argparse.Namespace, settings: Settings) -> int:
-    from concord_core.backup import BackupError, backups_in
-    from concord_core.backup.layout import read_manifest
+    from concord_core.backup.layout import backups_in, read_manifest
 
-    directory = Path(args.dir) if args.dir else settings.resolved_backup_dir
+    directory = _backup_dir(args, settings)
     backups = backups_in(directory)
     if not backups:
         print(f"no backups in {directory}")
@@ -243,7 +246,7 @@ def cmd_backup_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backup_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from concord_core.backup import verify
+    from concord_core.backup.layout import verify
 
     path = _backup_path(args.backup, settings)
     try:
@@ -256,7 +259,7 @@ def cmd_backup_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backup_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from concord_core.backup import restore_backup
+    from concord_core.backup.restore import restore_backup
     from concord_core.storage import open_store
 
     db = _database(settings)
@@ -278,9 +281,9 @@ def cmd_backup_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backup_prune(args: argparse.Namespace, settings: Settings) -> int:
-    from concord_core.backup import Policy, prune
+    from concord_core.backup.retention import Policy, prune
 
-    directory = Path(args.dir) if args.dir else settings.resolved_backup_dir
+    directory = _backup_dir(args, settings)
     policy = Policy(daily=args.keep_daily, weekly=args.keep_weekly, monthly=args.keep_monthly)
     pruned = prune(directory, policy, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
