@@ -213,19 +213,30 @@ def stored_blobs(settings: Settings) -> list[str]:
     return sorted(open_store(settings).iter_hashes())
 
 
+@pytest.fixture
+def backup(
+    runtime: Runtime,
+    client: TestClient,
+    gql: GraphQL,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Path:
+    """A backup, through the command, of an instance that :func:`populate` filled."""
+    populate(gql, client)
+    assert concord(monkeypatch, capsys, runtime.settings, "backup", "create")[0] == 0
+    (taken,) = backups_in(runtime.settings.resolved_backup_dir)
+    return taken
+
+
 @pytest.mark.parametrize("damage", ["blob", "table", "manifest"])
 def test_a_damaged_backup_is_refused_and_nothing_is_written(
     damage: str,
     runtime: Runtime,
-    client: TestClient,
-    gql: GraphQL,
+    backup: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    populate(gql, client)
-    assert concord(monkeypatch, capsys, runtime.settings, "backup", "create")[0] == 0
-    (backup,) = backups_in(runtime.settings.resolved_backup_dir)
     if damage == "blob":
         path = blob_path(backup, stored_blobs(runtime.settings)[0])
         path.unlink()  # a link to the store's file would be damaged with it: write a copy
@@ -256,14 +267,10 @@ def test_a_damaged_backup_is_refused_and_nothing_is_written(
 
 def test_a_database_that_is_not_empty_is_refused(
     runtime: Runtime,
-    client: TestClient,
-    gql: GraphQL,
+    backup: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    populate(gql, client)
-    assert concord(monkeypatch, capsys, runtime.settings, "backup", "create")[0] == 0
-    (backup,) = backups_in(runtime.settings.resolved_backup_dir)
     before = table_rows(runtime.db)
     code, printed = concord(monkeypatch, capsys, runtime.settings, "backup", "restore", backup.name)
     assert (code, "the database is not empty" in printed) == (2, True), printed
@@ -272,15 +279,11 @@ def test_a_database_that_is_not_empty_is_refused(
 
 def test_a_restore_that_failed_half_way_can_be_run_again(
     runtime: Runtime,
-    client: TestClient,
-    gql: GraphQL,
+    backup: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    populate(gql, client)
-    assert concord(monkeypatch, capsys, runtime.settings, "backup", "create")[0] == 0
-    (backup,) = backups_in(runtime.settings.resolved_backup_dir)
     restored = make_settings(tmp_path / "restored", f"sqlite:///{tmp_path / 'restored.db'}")
     db = Database(restored.resolved_database_url)
     try:
@@ -310,12 +313,10 @@ def test_a_restore_that_failed_half_way_can_be_run_again(
 def test_later_backups_link_the_blobs_they_share_with_the_one_before(
     runtime: Runtime,
     client: TestClient,
-    gql: GraphQL,
+    backup: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    populate(gql, client)
-    assert concord(monkeypatch, capsys, runtime.settings, "backup", "create")[0] == 0
     upload_ok(client, CREATE_ARTIFACT, {"input": {"name": "take 2"}}, b"a new take", media_type="audio/wav")
     code, printed = concord(monkeypatch, capsys, runtime.settings, "backup", "create")
     assert (code, "4 blobs" in printed, "1 copied, 3 linked" in printed) == (0, True, True), printed
