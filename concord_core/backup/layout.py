@@ -8,8 +8,9 @@ A backup is a directory named by the moment it was taken (``20261203T101500.1234
 
 It is written under ``.partial-<name>`` and renamed to its name once everything in it is durable, so a
 directory with a backup's name is always whole; a crash leaves a ``.partial-`` directory that no command
-reads and ``prune`` removes. Each table file's SHA-256 is in the manifest and each blob's is its name, so
-:func:`verify` finds any damage before a restore writes anything.
+reads and that ``prune`` removes once nothing has been written to it for six hours. Each table file's
+SHA-256 is in the manifest and each blob's is its name, so :func:`verify` finds any damage before a
+restore writes anything.
 
 Values are kept exactly, whatever the backend: JSON columns as the database's own text of the document
 (so a JSON ``null`` stays apart from SQL NULL), binary as base64, timestamps as ISO 8601 in UTC.
