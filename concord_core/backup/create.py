@@ -36,7 +36,6 @@ from concord_core.backup.layout import (
     codec_of,
     encode,
     file_sha256,
-    fsync_file,
     table_path,
 )
 from concord_core.db.engine import Database
@@ -46,7 +45,7 @@ from concord_core.db.types import utcnow
 from concord_core.events.log import seal_pending
 from concord_core.storage import BlobStore
 from concord_core.storage.errors import StorageError
-from concord_core.storage.local import _fsync_dir, _make_dirs
+from concord_core.storage.local import fsync_dir, fsync_file, make_dirs
 
 _ROWS_PER_FETCH = 2000
 
@@ -76,7 +75,7 @@ def create_backup(db: Database, store: BlobStore, directory: Path) -> Created:
         raise BackupError(f"{final} exists already")
     previous = backups_in(directory)
     try:
-        _make_dirs(partial / "tables")
+        make_dirs(partial / "tables")
         tables, blobs, event_head = _write_tables(db, partial)
         copied, linked, blob_bytes = _copy_blobs(store, partial, blobs, previous[-1] if previous else None)
         manifest = Manifest(
@@ -92,7 +91,7 @@ def create_backup(db: Database, store: BlobStore, directory: Path) -> Created:
         )
         _write_manifest(partial, manifest)
         os.rename(partial, final)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, OSError):  # the disk filled up, a directory is not writable...
@@ -119,7 +118,7 @@ def _write_tables(db: Database, partial: Path) -> tuple[list[TableFile], list[st
             written = _write_table(connection, partial, table, blobs if table.name == BLOB_TABLE else None)
             tables.append(written)
         head = connection.execute(select(EventHead.seq, EventHead.hash)).one()
-    _fsync_dir(partial / "tables")
+    fsync_dir(partial / "tables")
     return tables, list(blobs), (int(head.seq), str(head.hash))
 
 
@@ -165,14 +164,14 @@ def _copy_blobs(
     copied = linked = total = 0
     for sha256 in blobs:
         target = blob_path(partial, sha256)
-        _make_dirs(target.parent)
+        make_dirs(target.parent)
         earlier = blob_path(previous, sha256) if previous is not None else None
         if earlier is not None and earlier.is_file():
             try:
                 os.link(earlier, target)
                 linked += 1
                 total += target.stat().st_size
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
                 continue
             except OSError:
                 pass  # another filesystem, or links not allowed: copy it
@@ -195,7 +194,7 @@ def _copy_blob(store: BlobStore, sha256: str, target: Path) -> int:
         temp.unlink(missing_ok=True)
         raise BackupError(f"cannot copy blob {sha256} from the object store: {exc}") from None
     os.replace(temp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return size
 
 
@@ -204,4 +203,4 @@ def _write_manifest(partial: Path, manifest: Manifest) -> None:
     temp.write_bytes(orjson.dumps(manifest.to_json(), option=orjson.OPT_INDENT_2))
     fsync_file(temp)
     os.replace(temp, partial / MANIFEST)
-    _fsync_dir(partial)
+    fsync_dir(partial)

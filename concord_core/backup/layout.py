@@ -22,7 +22,6 @@ import base64
 import gzip
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -295,11 +294,3 @@ def backups_in(directory: Path) -> list[Path]:
 def taken_at(backup: Path) -> datetime:
     """When ``backup`` was taken, from its name."""
     return datetime.strptime(backup.name, NAME_FORMAT).replace(tzinfo=UTC)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

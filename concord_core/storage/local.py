@@ -28,7 +28,7 @@ _PROBE_PREFIX = "probe-"
 _HEX2 = frozenset(f"{i:02x}" for i in range(256))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a directory's entries (a rename, a new child) durable."""
     if os.name != "posix":  # directories cannot be opened for fsync elsewhere
         return
@@ -39,7 +39,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_dirs(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Make a file's content durable (one written and closed elsewhere)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
     """Create ``path`` and any missing parents, fsyncing each parent that gained an entry."""
     missing: list[Path] = []
     current = path
@@ -53,7 +62,7 @@ def _make_dirs(path: Path) -> None:
             directory.mkdir()
         except FileExistsError:
             continue  # created concurrently; a file in the way fails at the next step
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
 
 
 class LocalStore(BlobStore):
@@ -83,7 +92,7 @@ class LocalStore(BlobStore):
     def put_stream(self, stream: ReadableStream | BinaryIO, *, max_bytes: int | None = None) -> BlobRef:
         limit = self._limit(max_bytes)
         with self._os_errors("create a temp file"):
-            _make_dirs(self.temp_dir)
+            make_dirs(self.temp_dir)
             fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".part", dir=self.temp_dir)
         temp = Path(temp_name)
         try:
@@ -116,9 +125,9 @@ class LocalStore(BlobStore):
             temp.unlink()
             return
         # A missing blob, or a damaged one of the wrong size, is (re)placed atomically.
-        _make_dirs(target.parent)
+        make_dirs(target.parent)
         os.replace(temp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     def open_chunks(self, sha256: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         path = self.path_for(sha256)
@@ -172,7 +181,7 @@ class LocalStore(BlobStore):
     def check(self) -> None:
         """Create the root if needed and prove it is writable by writing, fsyncing and removing a file."""
         try:
-            _make_dirs(self.temp_dir)
+            make_dirs(self.temp_dir)
             fd, probe = tempfile.mkstemp(prefix=_PROBE_PREFIX, dir=self.temp_dir)
             try:
                 os.write(fd, b"ok")
